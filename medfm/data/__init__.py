@@ -1,0 +1,1 @@
+"""Samples, transforms, datasets and collation."""

@@ -1,0 +1,149 @@
+"""Cohort rows → dict samples ``{"cxr": tensor, "ecg": tensor, "report": str, "meta": {...}}``.
+
+A modality a study lacks is simply absent from its sample. A file that cannot be
+read either raises (policy ``raise``) or drops the modality from that sample and
+is listed in the quarantine (policy ``skip``): never silently replaced by zeros.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from rich.progress import Progress
+from torch.utils.data import DataLoader, Dataset
+
+from medfm.cohort.manifest import Cohort
+from medfm.errors import MedfmReadError
+from medfm.io import read_ecg, read_radiograph, read_report
+from medfm.keys import Field, Modality
+
+ErrorPolicy = Literal["raise", "skip"]
+Preprocess = Callable[[Any], Any]
+
+# Reader per modality; a new modality adds one entry here.
+READERS: dict[Modality, Callable[[Path], Any]] = {
+    Modality.CXR: read_radiograph,
+    Modality.ECG: read_ecg,
+    Modality.REPORT: read_report,
+}
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    study_id: str
+    modality: str
+    path: str
+    reason: str
+
+
+class CohortDataset(Dataset):
+    """Reads and preprocesses one manifest row per item.
+
+    Args:
+        cohort: the loaded cohort.
+        rows: index labels of ``cohort.table`` to serve (e.g. one split).
+        preprocess: per-modality function from the reader's output to a tensor;
+            modalities without an entry are not loaded.
+        on_error: ``raise`` stops at the first unreadable file; ``skip`` drops that
+            modality from the sample and records the file in :attr:`quarantine`.
+    """
+
+    def __init__(self, cohort: Cohort, rows: list, preprocess: dict[Modality, Preprocess],
+                 on_error: ErrorPolicy = "raise"):
+        self.cohort = cohort
+        self.rows = list(rows)
+        self.preprocess = preprocess
+        self.on_error = on_error
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, Any], list[QuarantineEntry]]:
+        cfg = self.cohort.config
+        row = self.cohort.table.loc[self.rows[i]]
+        sample: dict[str, Any] = {}
+        problems: list[QuarantineEntry] = []
+        for modality, fn in self.preprocess.items():
+            paths = [row[c] for c in self.cohort.columns_of(modality) if _present(row[c])]
+            if not paths:
+                continue
+            try:
+                values = [fn(READERS[modality](self.cohort.root / p)) for p in paths]
+            except MedfmReadError as err:
+                if self.on_error == "raise":
+                    raise
+                problems.append(QuarantineEntry(row[cfg.study_column], modality, str(err.path), err.reason))
+                continue
+            # Several report columns (radiology + cardiology) form one document.
+            sample[modality] = "\n\n".join(values) if modality == Modality.REPORT else values[0]
+        sample[Field.LABEL] = {name: float(row[name]) for name in cfg.labels}
+        sample[Field.META] = {
+            "study_id": str(row[cfg.study_column]),
+            "patient_id": str(row[cfg.patient_column]),
+            **{name: _plain(row[name]) for name in cfg.metadata},
+        }
+        return sample, problems
+
+
+def materialize(dataset: CohortDataset, workers: int | None = None, description: str = "reading studies",
+                ) -> tuple[list[dict[str, Any]], list[QuarantineEntry]]:
+    """Read every item once (in worker processes) and keep the preprocessed samples in memory.
+
+    Contrastive pretraining revisits every study each epoch; decoding DICOM and
+    resampling ECGs once instead of per epoch is what keeps a CPU demo fast.
+    """
+    workers = min(os.cpu_count() or 1, 4) if workers is None else workers
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                        persistent_workers=False, multiprocessing_context="fork" if workers else None)
+    samples, quarantine = [], []
+    with Progress(transient=True) as progress:
+        task = progress.add_task(description, total=len(dataset))
+        for sample, problems in loader:
+            samples.append(sample)
+            quarantine.extend(problems)
+            progress.advance(task)
+    return samples, quarantine
+
+
+def write_quarantine(entries: list[QuarantineEntry], path: Path) -> None:
+    """Write the list of skipped files (possibly empty) as JSON, atomically."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps([e.__dict__ for e in entries], indent=2))
+    os.replace(tmp, path)
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the modalities present into packed tensors plus a presence mask.
+
+    ``batch["cxr"]`` holds only the samples that have a CXR, in batch order;
+    ``batch["mask"]["cxr"]`` is a ``(B,)`` bool tensor saying which those are.
+    Absent modalities are never filled with zeros that could enter a loss.
+    """
+    batch: dict[str, Any] = {Field.MASK: {}}
+    for modality in Modality:
+        present = [modality in s for s in samples]
+        if not any(present):
+            continue
+        values = [s[modality] for s in samples if modality in s]
+        batch[modality] = values if modality == Modality.REPORT else torch.stack(values)
+        batch[Field.MASK][modality] = torch.tensor(present)
+    batch[Field.LABEL] = {k: torch.tensor([s[Field.LABEL][k] for s in samples]) for k in samples[0][Field.LABEL]}
+    batch[Field.META] = [s[Field.META] for s in samples]
+    return batch
+
+
+def _present(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value.item() if hasattr(value, "item") else value

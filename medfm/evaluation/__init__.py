@@ -1,0 +1,1 @@
+"""Metrics, evaluation plans and report rendering."""

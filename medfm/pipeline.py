@@ -1,0 +1,242 @@
+"""End-to-end recipes (``pipelines/*.yaml``): cohort → split → pretrain → zero-shot → report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+
+from medfm import __version__
+from medfm.cohort import Cohort, CohortConfig, load_cohort, patient_level_split
+from medfm.config import Config, load_config, resolve_path
+from medfm.data.dataset import CohortDataset, materialize, write_quarantine
+from medfm.errors import ConfigError
+from medfm.evaluation.metrics import auroc
+from medfm.evaluation.plan import load_plan
+from medfm.evaluation.report import render_html_report
+from medfm.heads.zeroshot import ZeroShotClassifier
+from medfm.keys import Field, Modality
+from medfm.models import MultimodalModel, create_model, load_model_config
+from medfm.train import TrainConfig, pretrain
+from medfm.train.checkpoint import STATE_JSON
+
+class PipelineConfig(Config):
+    """Schema of ``pipelines/*.yaml``; paths are relative to the pipeline file."""
+
+    name: str
+    output_dir: str
+    cohort: str
+    model: str
+    train: str
+    plan: str
+
+
+def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Run every stage of a pipeline; returns the results also written to ``results.json``.
+
+    Args:
+        path: the pipeline YAML.
+        fresh: ignore a finished or interrupted checkpoint in the output folder and
+            train from scratch (otherwise training resumes where it stopped).
+    """
+    console = console or Console()
+    started = time.perf_counter()
+    path = Path(path)
+    pipeline = load_config(path, PipelineConfig)
+    files = {key: resolve_path(path, key, getattr(pipeline, key)) for key in ("cohort", "model", "train", "plan")}
+    out = resolve_path(path, "output_dir", pipeline.output_dir, must_exist=False)
+    out.mkdir(parents=True, exist_ok=True)
+    model_config = load_model_config(files["model"])
+    train_config = load_config(files["train"], TrainConfig)
+    plan, prompt_sets = load_plan(files["plan"])
+    cohort_config = load_cohort(files["cohort"], require_manifest=False)
+    timing: dict[str, float] = {}
+
+    tick = time.perf_counter()
+    synthesize_if_needed(files["cohort"], cohort_config, console)
+    timing["synth_s"] = time.perf_counter() - tick
+    cohort = load_cohort(files["cohort"])
+
+    split = patient_level_split(cohort.table, cohort_config.split.fractions, cohort_config.patient_column,
+                                cohort_config.labels, cohort_config.split.seed)
+    table = cohort.table.assign(split=split)
+    _write_csv(table[[cohort_config.study_column, cohort_config.patient_column, "split"]], out / "splits.csv")
+    if plan.split not in set(split):
+        raise ConfigError(files["plan"], "split", f"split {plan.split!r} not produced by the cohort's split spec")
+
+    torch.manual_seed(train_config.seed)
+    if train_config.threads:
+        torch.set_num_threads(train_config.threads)
+    model = create_model(model_config, seed=train_config.seed)
+    preprocess = {m: (lambda value, m=m: model.preprocess(m, value)) for m in model.modalities}
+
+    tick = time.perf_counter()
+    samples, quarantine = {}, []
+    for name in dict.fromkeys(["train", plan.split]):
+        rows = table.index[table["split"] == name].tolist()
+        dataset = CohortDataset(cohort, rows, preprocess, on_error=train_config.on_error)
+        samples[name], skipped = materialize(dataset, description=f"reading {name} studies")
+        quarantine += skipped
+    write_quarantine(quarantine, out / "quarantine.json")
+    if quarantine:
+        console.print(f"[yellow]{len(quarantine)} file(s) quarantined, see {out / 'quarantine.json'}")
+    timing["read_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    checkpoint = out / "checkpoint"
+    resume = not fresh and _same_training(checkpoint, model_config, train_config)
+    summary = pretrain(model, samples["train"], train_config, checkpoint, resume=resume)
+    timing["pretrain_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    tasks = evaluate_zero_shot(model, samples[plan.split], plan, prompt_sets)
+    timing["zero_shot_s"] = time.perf_counter() - tick
+    timing["total_s"] = time.perf_counter() - started
+
+    zero_shot: dict[str, Any] = {}
+    for task in tasks:
+        zero_shot.setdefault(task["modality"], {})[task["finding"]] = task
+    zero_shot["macro_auroc"] = float(np.nanmean([t["auroc"] for t in tasks]))
+    results = {
+        "pipeline": pipeline.name,
+        "medfm_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "plan": {"name": plan.name, "version": plan.version, "split": plan.split},
+        "cohort": _cohort_summary(cohort, table, len(quarantine)),
+        "pretrain": summary,
+        "checkpoint": str(checkpoint),
+        "zero_shot": zero_shot,
+        "zero_shot_tasks": tasks,
+        "timing": timing,
+        "inputs": {str(p): _sha256(p) for p in [path, *files.values()]},
+    }
+    _write_json(results, out / "results.json")
+    report = render_html_report(results, out / "report.html")
+    results["report_path"] = str(report)
+    return results
+
+
+def synthesize_if_needed(cohort_path: Path, config: CohortConfig, console: Console) -> None:
+    """Create a synthetic cohort's files unless the same ones already exist."""
+    if config.synth is None:
+        return
+    from medfm.cohort.synth import synthesize_cohort
+
+    manifest = resolve_path(cohort_path, "manifest", config.manifest, must_exist=False)
+    stamp = manifest.parent / "synth.json"
+    wanted = {"patients": config.synth.patients, "seed": config.synth.seed, "medfm_version": __version__}
+    if manifest.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == wanted:
+        console.print(f"cohort files already synthesized in {manifest.parent}")
+        return
+    written = synthesize_cohort(manifest.parent, n_patients=config.synth.patients, seed=config.synth.seed)
+    if written.resolve() != manifest.resolve():
+        raise ConfigError(cohort_path, "manifest", f"synthesizer wrote {written}, cohort names {manifest}")
+    _write_json(wanted, stamp)
+
+
+@torch.no_grad()
+def embed_samples(model: MultimodalModel, samples: list[dict[str, Any]], modality: Modality,
+                  batch_size: int = 128) -> tuple[torch.Tensor, list[int]]:
+    """Embeddings of every sample that has ``modality``, and those samples' indices."""
+    model.eval()
+    index = [i for i, s in enumerate(samples) if modality in s]
+    parts = []
+    for start in range(0, len(index), batch_size):
+        chunk = [samples[i][modality] for i in index[start:start + batch_size]]
+        inputs = chunk if modality == Modality.REPORT else torch.stack(chunk)
+        parts.append(model.encode(modality, inputs))
+    return (torch.cat(parts) if parts else torch.empty(0, model.config.embed_dim)), index
+
+
+def evaluate_zero_shot(model: MultimodalModel, samples: list[dict[str, Any]], plan, prompt_sets) -> list[dict]:
+    """Ensemble and single-prompt AUROC per task, overall and per acquisition device."""
+    classifier = ZeroShotClassifier(model, [prompt_sets[t.finding] for t in plan.tasks]).fit()
+    embedded = {m: embed_samples(model, samples, m) for m in {t.modality for t in plan.tasks}}
+    tasks = []
+    for j, task in enumerate(plan.tasks):
+        x, index = embedded[task.modality]
+        labels = np.array([samples[i][Field.LABEL][task.label] for i in index])
+        scores = classifier.decision_function(x)[:, j]
+        single = {text: auroc(labels, s) for text, s in classifier.single_prompt_scores(x, task.finding).items()}
+        values = np.array(list(single.values()))
+        devices = np.array([str(samples[i][Field.META].get(f"{task.modality}_device")) for i in index])
+        tasks.append({
+            "finding": task.finding, "modality": str(task.modality), "label": task.label,
+            "auroc": auroc(labels, scores),
+            "n_positive": int((labels == 1).sum()), "n_negative": int((labels == 0).sum()),
+            "prompt_set_version": prompt_sets[task.finding].version,
+            "prompt_auroc": {"min": float(np.nanmin(values)), "median": float(np.nanmedian(values)),
+                             "max": float(np.nanmax(values)), "per_prompt": single},
+            "by_device": {d: {"n": int((devices == d).sum()), "auroc": auroc(labels[devices == d],
+                                                                          scores[devices == d])}
+                          for d in sorted(set(devices))},
+        })
+    return tasks
+
+
+def _same_training(checkpoint: Path, model_config, train_config: TrainConfig) -> bool:
+    """True if ``checkpoint`` holds state of a run with the same model and training config."""
+    state = checkpoint / STATE_JSON
+    if not state.is_file():
+        return False
+    record = json.loads(state.read_text())
+    saved_model = json.loads((checkpoint / "config.json").read_text()).get("model")
+    return (record["progress"].get("config") == train_config.model_dump(mode="json")
+            and saved_model == model_config.resolved().model_dump(mode="json"))
+
+
+def _cohort_summary(cohort: Cohort, table: pd.DataFrame, quarantined: int) -> dict[str, Any]:
+    cfg = cohort.config
+    return {
+        "name": cfg.name,
+        "patients": int(table[cfg.patient_column].nunique()),
+        "studies": len(table),
+        "sites": sorted(map(str, table["site"].unique())) if "site" in table else [],
+        "splits": {name: {"patients": int(g[cfg.patient_column].nunique()), "studies": len(g)}
+                   for name, g in table.groupby("split")},
+        "quarantined": quarantined,
+    }
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _write_json(data: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_nan_to_none(data), indent=2, default=_json_default, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _nan_to_none(value: Any) -> Any:
+    """JSON has no NaN: an undefined metric (one class only) is written as null."""
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, float | np.floating) and not np.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,105 @@
+"""Readers on files the tests write, and on real files from ../shared/realdata."""
+
+import numpy as np
+import pydicom
+import pytest
+import wfdb
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from medfm.errors import MedfmReadError
+from medfm.io import read_ecg, read_radiograph, read_report
+from medfm.keys import STANDARD_LEADS
+
+
+def write_radiograph(path, pixels, photometric="MONOCHROME2", slope=1.0, intercept=0.0, spacing=(0.5, 0.5)):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if spacing:
+        ds.PixelSpacing = list(spacing)
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_rescale_and_monochrome1_inversion(tmp_path):
+    pixels = np.arange(16, dtype=np.uint16).reshape(4, 4) * 100
+    mono2 = read_radiograph(write_radiograph(tmp_path / "a.dcm", pixels, slope=2.0, intercept=-10))
+    assert np.allclose(mono2.array[0], pixels * 2.0 - 10)
+    assert mono2.spacing == (0.5, 0.5)
+    mono1 = read_radiograph(write_radiograph(tmp_path / "b.dcm", pixels, photometric="MONOCHROME1"))
+    assert mono1.array[0, 0, 0] == pixels.max() and mono1.array[0, -1, -1] == pixels.min()
+
+
+def test_missing_spacing_and_truncated_pixels_are_errors(tmp_path):
+    pixels = np.ones((4, 4), dtype=np.uint16)
+    with pytest.raises(MedfmReadError, match="PixelSpacing"):
+        read_radiograph(write_radiograph(tmp_path / "a.dcm", pixels, spacing=None))
+    path = write_radiograph(tmp_path / "b.dcm", np.ones((64, 64), dtype=np.uint16))
+    path.write_bytes(path.read_bytes()[:-2000])
+    with pytest.raises(MedfmReadError) as err:
+        read_radiograph(path)
+    assert str(path) in str(err.value)
+
+
+def test_not_dicom(tmp_path):
+    path = tmp_path / "x.dcm"
+    path.write_bytes(b"hello")
+    with pytest.raises(MedfmReadError, match="not a readable DICOM"):
+        read_radiograph(path)
+
+
+def test_real_cxr_monochrome1_is_the_inverse_of_monochrome2(realdata):
+    mono2 = read_radiograph(next((realdata / "cxr").glob("txv_siim_*.dcm")))
+    mono1 = read_radiograph(realdata / "cxr/txv_Fake_MONOHR1.dcm")
+    assert mono2.array.shape == (1, 1024, 1024) and mono2.spacing == (0.168, 0.168)
+    assert np.corrcoef(mono1.array.ravel(), mono2.array.ravel())[0, 1] < -0.999
+
+
+def test_ecg_leads_are_reordered_by_name_and_scaled_to_mv(tmp_path):
+    fs, n = 250, 500
+    t = np.arange(n) / fs
+    names = ["V1", "II", "I"]
+    signals = np.stack([np.sin(2 * np.pi * (k + 1) * t) for k in range(3)], axis=1)
+    wfdb.wrsamp("rec", fs=fs, units=["uV", "mV", "mV"], sig_name=names, p_signal=signals * [1000, 1, 1],
+                fmt=["16"] * 3, adc_gain=[10, 1000, 1000], baseline=[0, 0, 0], write_dir=str(tmp_path))
+    record = read_ecg(tmp_path / "rec")
+    assert record.fs == fs and record.signal.shape == (12, n)
+    assert record.lead_mask.tolist() == [name in names for name in STANDARD_LEADS]
+    assert np.allclose(record.signal[STANDARD_LEADS.index("V1")], signals[:, 0], atol=0.002)
+    assert np.allclose(record.signal[STANDARD_LEADS.index("I")], signals[:, 2], atol=0.002)
+    assert not record.signal[STANDARD_LEADS.index("aVR")].any()
+
+
+def test_real_ptb_record_with_lowercase_lead_names(realdata):
+    record = read_ecg(realdata / "ecg_wfdb/ptbdb_s0010_re/s0010_re")
+    assert record.fs == 1000 and record.lead_mask.all() and record.signal.shape == (12, 38400)
+    assert 0.2 < np.abs(record.signal).max() < 10  # millivolts, not microvolts
+
+
+def test_ecg_without_standard_leads_and_missing_header(realdata, tmp_path):
+    with pytest.raises(MedfmReadError, match="no standard ECG lead"):
+        read_ecg(realdata / "ecg_wfdb/test01_00s/test01_00s")
+    with pytest.raises(MedfmReadError, match="header not found"):
+        read_ecg(tmp_path / "absent")
+
+
+def test_report_whitespace_and_errors(tmp_path):
+    (tmp_path / "r.txt").write_text("FINDINGS:\n  Heart  normal.\n\n")
+    assert read_report(tmp_path / "r.txt") == "FINDINGS: Heart normal."
+    (tmp_path / "e.txt").write_text("   \n")
+    with pytest.raises(MedfmReadError, match="empty"):
+        read_report(tmp_path / "e.txt")
+    (tmp_path / "b.txt").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(MedfmReadError, match="UTF-8"):
+        read_report(tmp_path / "b.txt")
