@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(BIN)/medfm run pipelines/demo.yaml
 
 test: $(STAMP)
+	$(BIN)/ruff check medfm tests evaluation
 	$(BIN)/python -m pytest -q
 
 # Also runs the tests marked slow.

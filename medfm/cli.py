@@ -64,7 +64,9 @@ def _run(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"macro AUROC {results['zero_shot']['macro_auroc']:.3f}  ·  "
                   f"total {results['timing']['total_s']:.0f} s")
-    console.print(f"report: [bold]{results['report_path']}[/]")
+    report = Path(results["report_path"])
+    shown = report.relative_to(Path.cwd()) if report.is_relative_to(Path.cwd()) else report
+    console.print(f"report: [bold]{shown}[/]")
     return 0
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from rich.console import Console
 
 from medfm import __version__
+from medfm.atomic import write_atomic, write_json_atomic
 from medfm.cohort import Cohort, CohortConfig, load_cohort, patient_level_split
 from medfm.config import Config, load_config, resolve_path
 from medfm.data.dataset import CohortDataset, materialize, write_quarantine
@@ -28,6 +28,7 @@ from medfm.keys import Field, Modality
 from medfm.models import MultimodalModel, create_model, load_model_config
 from medfm.train import TrainConfig, pretrain
 from medfm.train.checkpoint import STATE_JSON
+
 
 class PipelineConfig(Config):
     """Schema of ``pipelines/*.yaml``; paths are relative to the pipeline file."""
@@ -53,7 +54,7 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
     path = Path(path)
     pipeline = load_config(path, PipelineConfig)
     files = {key: resolve_path(path, key, getattr(pipeline, key)) for key in ("cohort", "model", "train", "plan")}
-    out = resolve_path(path, "output_dir", pipeline.output_dir, must_exist=False)
+    out = resolve_path(path, "output_dir", pipeline.output_dir, must_exist=False).resolve()
     out.mkdir(parents=True, exist_ok=True)
     model_config = load_model_config(files["model"])
     train_config = load_config(files["train"], TrainConfig)
@@ -109,7 +110,7 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
     results = {
         "pipeline": pipeline.name,
         "medfm_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "plan": {"name": plan.name, "version": plan.version, "split": plan.split},
         "cohort": _cohort_summary(cohort, table, len(quarantine)),
         "pretrain": summary,
@@ -117,7 +118,7 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
         "zero_shot": zero_shot,
         "zero_shot_tasks": tasks,
         "timing": timing,
-        "inputs": {str(p): _sha256(p) for p in [path, *files.values()]},
+        "inputs": {_shown(p): _sha256(p) for p in [path, *files.values()]},
     }
     _write_json(results, out / "results.json")
     report = render_html_report(results, out / "report.html")
@@ -207,20 +208,22 @@ def _cohort_summary(cohort: Cohort, table: pd.DataFrame, quarantined: int) -> di
     }
 
 
+def _shown(path: Path) -> str:
+    """A path as a user would type it: relative to the working folder when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _write_json(data: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_nan_to_none(data), indent=2, default=_json_default, allow_nan=False))
-    os.replace(tmp, path)
+    write_json_atomic(path, _nan_to_none(data), default=_json_default, allow_nan=False)
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def _json_default(value: Any) -> Any:

@@ -11,7 +11,7 @@ import time
 import torch
 
 from medfm.models import load_model_config
-from medfm.models.text import HFTextConfig, HFTextEncoder
+from medfm.models.text import HFTextEncoder
 
 REPORTS = [
     "EXAMINATION: Chest radiograph, PA view. FINDINGS: The heart is enlarged. Small left pleural effusion "

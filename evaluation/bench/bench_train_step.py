@@ -36,7 +36,7 @@ def run(batch: int = 32, repeats: int = 3) -> dict:
     peak = matmul_peak_gflops()
     rows = {}
     for modality, x in inputs.items():
-        def step():
+        def step(modality=modality, x=x):
             model.zero_grad(set_to_none=True)
             model.encode(modality, x).sum().backward()
         with FlopCounterMode(display=False) as counter:

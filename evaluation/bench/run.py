@@ -9,7 +9,7 @@ import json
 import os
 import platform
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -28,10 +28,11 @@ def main() -> int:
 
     text = bench_text_cache.run()
     train = bench_train_step.run()
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+               f"{torch.get_num_threads()} threads")
     lines = [
         BEGIN,
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {machine} by `make bench`.",
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine} by `make bench`.",
         "",
         "| benchmark | baseline (same run) | measured | baseline | ratio |",
         "|---|---|---|---|---|",

@@ -7,7 +7,6 @@ is listed in the quarantine (policy ``skip``): never silently replaced by zeros.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import torch
 from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset
 
+from medfm.atomic import write_json_atomic
 from medfm.cohort.manifest import Cohort
 from medfm.errors import MedfmReadError
 from medfm.io import read_ecg, read_radiograph, read_report
@@ -114,9 +114,7 @@ def materialize(dataset: CohortDataset, workers: int | None = None, description:
 
 def write_quarantine(entries: list[QuarantineEntry], path: Path) -> None:
     """Write the list of skipped files (possibly empty) as JSON, atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps([e.__dict__ for e in entries], indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(path, [e.__dict__ for e in entries])
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from medfm import __version__
+from medfm.atomic import write_atomic, write_json_atomic
 from medfm.errors import CheckpointError
 from medfm.keys import Field, Modality
 from medfm.models.config import ModelConfig, check_encoders
@@ -82,8 +82,8 @@ class MultimodalModel(nn.Module):
             "model": self.config.resolved().model_dump(mode="json"),
             "reloaded_from_base": self._base_fingerprints(),
         }
-        _atomic_write(directory / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
-        _atomic_write(directory / CONFIG, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+        write_atomic(directory / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+        write_json_atomic(directory / CONFIG, meta)
         return directory
 
     @classmethod
@@ -142,8 +142,3 @@ def _sha256(path: Path) -> str:
             digest.update(block)
     return digest.hexdigest()
 
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)

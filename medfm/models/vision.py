@@ -52,7 +52,7 @@ class ViT2dEncoder(nn.Module):
         self.config = config
         channels = [1, *config.conv_stem]
         self.stem = nn.Sequential(*[
-            layer for c_in, c_out in zip(channels, channels[1:])
+            layer for c_in, c_out in zip(channels, channels[1:], strict=False)
             for layer in (nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GELU())
         ])
         self.vit = ViT(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from medfm.atomic import write_atomic, write_json_atomic
 from medfm.errors import CheckpointError
 
 STATE_TENSORS = "train_state.safetensors"
@@ -23,12 +23,9 @@ def save_train_state(directory: Path, optimizer: torch.optim.Optimizer, progress
                for index, slots in state["state"].items() for name, value in slots.items()
                if isinstance(value, torch.Tensor)}
     record = {"param_groups": state["param_groups"], "progress": progress}
-    tmp = directory / f".{STATE_TENSORS}.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, directory / STATE_TENSORS)
-    tmp = directory / f".{STATE_JSON}.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, directory / STATE_JSON)
+    # Tensors first, counters last: the JSON's epoch never runs ahead of the moments.
+    write_atomic(directory / STATE_TENSORS, lambda tmp: save_file(tensors, str(tmp)))
+    write_json_atomic(directory / STATE_JSON, record)
 
 
 def load_train_state(directory: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

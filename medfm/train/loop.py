@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,14 +10,14 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+import medfm.align  # noqa: F401,E402  (registers the losses)
+from medfm.atomic import write_json_atomic
 from medfm.data.dataset import collate_samples
 from medfm.keys import Field, Modality
 from medfm.models.multimodal import MultimodalModel
 from medfm.registry import LOSSES
 from medfm.train.checkpoint import has_train_state, load_train_state, save_train_state
 from medfm.train.config import TrainConfig
-
-import medfm.align  # noqa: F401,E402  (registers the losses)
 
 
 def pretrain(model: MultimodalModel, samples: list[dict[str, Any]], config: TrainConfig,
@@ -92,9 +90,7 @@ def pretrain(model: MultimodalModel, samples: list[dict[str, Any]], config: Trai
         "seconds": time.perf_counter() - started, "history": history,
         "final_temperature": 1.0 / model.temperature_scale().item(),
     }
-    tmp = checkpoint_dir / ".train_log.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, checkpoint_dir / "train_log.json")
+    write_json_atomic(checkpoint_dir / "train_log.json", summary)
     model.eval()
     return summary
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from medfm.atomic import write_text_atomic
 from medfm.cohort.synth import cxr, ecg, reports
 from medfm.keys import Modality
 
@@ -190,9 +190,7 @@ def plan_cohort(n_patients: int, seed: int) -> list[Patient]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(text.encode("utf-8"))
-    os.replace(tmp, path)
+    write_text_atomic(path, text, durable=False)  # regenerable from the seed
 
 
 def _visit_rng(seed: int, patient: Patient, visit: Visit, stream: int) -> np.random.Generator:

@@ -10,7 +10,6 @@ image centre.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from scipy.ndimage import gaussian_filter
+
+from medfm.atomic import write_atomic
 
 
 def _linear(a: np.ndarray) -> np.ndarray:
@@ -291,6 +292,4 @@ def write_cxr_dicom(path: Path, pixels: np.ndarray, device: CxrDevice, header: C
     ds.WindowWidth = f"{device.rescale_slope * (hi - lo):g}"
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    ds.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True), durable=False)

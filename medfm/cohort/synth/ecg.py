@@ -10,13 +10,13 @@ Axes: x to the patient's left, y to the feet, z anterior.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.signal import butter, sosfiltfilt
 
+from medfm.atomic import write_bytes_atomic
 from medfm.keys import STANDARD_LEADS
 
 DURATION_S = 10.0
@@ -248,7 +248,7 @@ def wfdb_format16(
     n_sig, n_samp = digital.shape
     lines = [f"{record_name} {n_sig} {device.fs} {n_samp} {start:%H:%M:%S} {start:%d/%m/%Y}"]
     checksums = digital.astype(np.int64).sum(axis=1) % 65536
-    for name, first, check in zip(STANDARD_LEADS, digital[:, 0], checksums):
+    for name, first, check in zip(STANDARD_LEADS, digital[:, 0], checksums, strict=True):
         lines.append(f"{record_name}.dat 16 {float(device.adc_gain)!r}(0)/mV 16 0 {first} {check} 0 {name}")
     lines.extend(f"# {c}" for c in comments)
     return "\n".join(lines) + "\n", np.ascontiguousarray(digital.T, dtype="<i2").tobytes()
@@ -270,7 +270,4 @@ def write_ecg_record(
     digital = np.clip(np.rint(signal_mv * device.adc_gain), -32767, 32767).astype(np.int16)
     header, data = wfdb_format16(record_name, digital, device, comments, start)
     for ext, payload in ((".dat", data), (".hea", header.encode("ascii"))):
-        target = folder / f"{record_name}{ext}"
-        tmp = folder / f".{record_name}{ext}.tmp"
-        tmp.write_bytes(payload)
-        os.replace(tmp, target)
+        write_bytes_atomic(folder / f"{record_name}{ext}", payload, durable=False)
