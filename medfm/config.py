@@ -9,6 +9,7 @@ whose message is ``<file>: <key>: <what was expected>``, never a traceback.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,7 +64,8 @@ def resolve_path(config_file: str | Path, key: str, value: str | Path, must_exis
     """Resolve a path written in a config relative to the config's own folder."""
     candidate = Path(value).expanduser()
     if not candidate.is_absolute():
-        candidate = Path(config_file).parent / candidate
+        # normpath: error messages and provenance show configs/x.yaml, not pipelines/../configs/x.yaml
+        candidate = Path(os.path.normpath(Path(config_file).parent / candidate))
     if must_exist and not candidate.exists():
         raise ConfigError(config_file, key, f"file not found: {value}")
     return candidate
@@ -82,8 +84,9 @@ def _to_config_error(err: ValidationError, cls: type[Config], path: str | Path |
         reason = "required key is missing"
     else:
         got = first.get("input")
-        shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
-        reason = f"{first['msg'][0].lower()}{first['msg'][1:]} (got {shown})"
+        reason = f"{first['msg'][0].lower()}{first['msg'][1:]}"
+        if not isinstance(got, dict | list):  # a whole block's value would be noise
+            reason += f" (got {got!r})"
     return ConfigError(path, key, reason)
 
 
