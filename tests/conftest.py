@@ -34,10 +34,3 @@ def realdata() -> Path:
         pytest.skip(f"{REALDATA} not present")
     return REALDATA
 
-
-@pytest.fixture(scope="session")
-def synth_cohort(tmp_path_factory) -> Path:
-    """A small synthetic cohort (40 patients) on disk; returns its manifest path."""
-    from medfm.cohort.synth import synthesize_cohort
-
-    return synthesize_cohort(tmp_path_factory.mktemp("cohort"), n_patients=40, seed=3, progress=False)
