@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ def write_atomic(path: str | Path, write: Callable[[Path], None], durable: bool 
             regenerated (e.g. the synthetic cohort), where thousands of fsyncs cost time.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    # Unique per writer: DataLoader workers or torchrun ranks may write the same entry at once.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         write(tmp)
         if durable:

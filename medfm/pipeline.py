@@ -18,6 +18,7 @@ from medfm import __version__
 from medfm.atomic import write_atomic, write_json_atomic
 from medfm.cohort import Cohort, CohortConfig, load_cohort, patient_level_split
 from medfm.config import Config, load_config, resolve_path
+from medfm.data.cache import PreprocessCache
 from medfm.data.dataset import CohortDataset, materialize, write_quarantine
 from medfm.errors import ConfigError
 from medfm.evaluation.metrics import auroc
@@ -39,6 +40,7 @@ class PipelineConfig(Config):
     model: str
     train: str
     plan: str
+    cache_dir: str | None = None  # preprocessed tensors; default <output_dir>/cache
 
 
 def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None = None) -> dict[str, Any]:
@@ -79,12 +81,16 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
         torch.set_num_threads(train_config.threads)
     model = create_model(model_config, seed=train_config.seed)
     preprocess = {m: (lambda value, m=m: model.preprocess(m, value)) for m in model.modalities}
+    specs = {m: model.input_spec(m) for m in model.modalities}
+    cache_dir = out / "cache" if pipeline.cache_dir is None else resolve_path(path, "cache_dir", pipeline.cache_dir,
+                                                                                 must_exist=False)
+    cache = PreprocessCache(cache_dir)
 
     tick = time.perf_counter()
     samples, quarantine = {}, []
     for name in dict.fromkeys(["train", plan.split]):
         rows = table.index[table["split"] == name].tolist()
-        dataset = CohortDataset(cohort, rows, preprocess, on_error=train_config.on_error)
+        dataset = CohortDataset(cohort, rows, preprocess, on_error=train_config.on_error, cache=cache, specs=specs)
         samples[name], skipped = materialize(dataset, description=f"reading {name} studies")
         quarantine += skipped
     write_quarantine(quarantine, out / "quarantine.json")

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medfm.atomic import write_json_atomic
 from medfm.cohort.manifest import Cohort
+from medfm.data.cache import PreprocessCache, wfdb_record_files
 from medfm.errors import MedfmReadError
 from medfm.io import read_ecg, read_radiograph, read_report
 from medfm.keys import Field, Modality
@@ -53,14 +54,20 @@ class CohortDataset(Dataset):
             modalities without an entry are not loaded.
         on_error: ``raise`` stops at the first unreadable file; ``skip`` drops that
             modality from the sample and records the file in :attr:`quarantine`.
+        cache: where preprocessed tensors are kept between epochs and runs.
+        specs: per modality, the input spec that keys its cache entries; a modality
+            without a spec is never cached.
     """
 
     def __init__(self, cohort: Cohort, rows: list, preprocess: dict[Modality, Preprocess],
-                 on_error: ErrorPolicy = "raise"):
+                 on_error: ErrorPolicy = "raise", cache: PreprocessCache | None = None,
+                 specs: dict[Modality, dict | None] | None = None):
         self.cohort = cohort
         self.rows = list(rows)
         self.preprocess = preprocess
         self.on_error = on_error
+        self.cache = cache
+        self.specs = specs or {}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -75,7 +82,7 @@ class CohortDataset(Dataset):
             if not paths:
                 continue
             try:
-                values = [fn(READERS[modality](self.cohort.root / p)) for p in paths]
+                values = [self._load(modality, fn, self.cohort.root / p) for p in paths]
             except MedfmReadError as err:
                 if self.on_error == "raise":
                     raise
@@ -90,6 +97,18 @@ class CohortDataset(Dataset):
             **{name: _plain(row[name]) for name in cfg.metadata},
         }
         return sample, problems
+
+    def _load(self, modality: Modality, fn: Preprocess, path: Path) -> Any:
+        def compute() -> Any:
+            return fn(READERS[modality](path))
+
+        spec = self.specs.get(modality)
+        if self.cache is None or spec is None:
+            return compute()
+        sources = wfdb_record_files(path) if modality == Modality.ECG else [path]
+        if not all(s.is_file() for s in sources):
+            return compute()  # the reader raises the typed error naming the missing file
+        return self.cache.get_or_compute(modality, sources, spec, compute)
 
 
 def materialize(dataset: CohortDataset, workers: int | None = None, description: str = "reading studies",

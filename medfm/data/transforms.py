@@ -19,6 +19,11 @@ from scipy.signal import resample_poly
 from medfm.io.dicom import RadiographImage
 from medfm.io.wfdb import ECGRecord
 
+# Bump when the code of a transform changes its output: cached tensors of the old
+# version are then never served (they are part of every cache key).
+RADIOGRAPH_TRANSFORM_VERSION = 1
+ECG_TRANSFORM_VERSION = 1
+
 
 def radiograph_to_input(image: RadiographImage, size: int, field_of_view_mm: float) -> torch.Tensor:
     """Resample a radiograph to a fixed physical grid and scale its intensities.

@@ -7,7 +7,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from medfm.config import Config
-from medfm.data.transforms import ecg_to_input
+from medfm.data.transforms import ECG_TRANSFORM_VERSION, ecg_to_input
 from medfm.io.wfdb import ECGRecord
 from medfm.keys import STANDARD_LEADS
 from medfm.registry import ENCODERS
@@ -75,6 +75,11 @@ class ECGTransformer(nn.Module):
         if self.voltage is not None:
             tokens = torch.cat([self.voltage(log_peak_to_peak(signals)).unsqueeze(1), tokens], dim=1)
         return self.norm(self.blocks(tokens + self.position)).mean(dim=1)
+
+    def input_spec(self) -> dict:
+        """What the input transform depends on; part of the preprocessing cache key."""
+        return {"transform": "ecg_to_input", "version": ECG_TRANSFORM_VERSION,
+                "sample_rate": self.config.sample_rate, "duration_s": self.config.duration_s}
 
     def preprocess(self, record: ECGRecord) -> torch.Tensor:
         return ecg_to_input(record, self.config.sample_rate, self.config.duration_s)

@@ -64,6 +64,11 @@ class MultimodalModel(nn.Module):
         encoder = self.encoders[modality]
         return encoder.preprocess(value) if hasattr(encoder, "preprocess") else value
 
+    def input_spec(self, modality: Modality) -> dict | None:
+        """The input contract of one modality's transform (None: nothing worth caching, e.g. text)."""
+        encoder = self.encoders[modality]
+        return encoder.input_spec() if hasattr(encoder, "input_spec") else None
+
     # -- checkpoints -------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from medfm.config import Config
-from medfm.data.transforms import radiograph_to_input
+from medfm.data.transforms import RADIOGRAPH_TRANSFORM_VERSION, radiograph_to_input
 from medfm.io.dicom import RadiographImage
 from medfm.registry import ENCODERS
 
@@ -66,6 +66,11 @@ class ViT2dEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         tokens, _ = self.vit(self.stem(images))
         return tokens.mean(dim=1)
+
+    def input_spec(self) -> dict:
+        """What the input transform depends on; part of the preprocessing cache key."""
+        return {"transform": "radiograph_to_input", "version": RADIOGRAPH_TRANSFORM_VERSION,
+                "image_size": self.config.image_size, "field_of_view_mm": self.config.field_of_view_mm}
 
     def preprocess(self, image: RadiographImage) -> torch.Tensor:
         return radiograph_to_input(image, self.config.image_size, self.config.field_of_view_mm)

@@ -1,0 +1,124 @@
+"""The preprocessing cache serves exactly what would be computed, and nothing stale."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import wfdb
+
+from medfm.cohort.manifest import Cohort, CohortConfig
+from medfm.data import dataset as dataset_module
+from medfm.data.cache import PreprocessCache, wfdb_record_files
+from medfm.data.dataset import CohortDataset, materialize
+from medfm.data.transforms import ecg_to_input
+from medfm.keys import Modality
+
+SPEC = {"transform": "test", "size": 8}
+
+
+class Counter:
+    def __init__(self, value):
+        self.calls, self.value = 0, value
+
+    def __call__(self):
+        self.calls += 1
+        return self.value
+
+
+def test_miss_then_hit(tmp_path):
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"pixels")
+    cache = PreprocessCache(tmp_path / "cache")
+    compute = Counter(torch.arange(6.0).reshape(2, 3))
+    first = cache.get_or_compute("cxr", [source], SPEC, compute)
+    second = cache.get_or_compute("cxr", [source], SPEC, compute)
+    assert compute.calls == 1 and (cache.hits, cache.misses) == (1, 1)
+    assert torch.equal(first, second)
+
+
+def test_changed_content_or_spec_is_a_new_entry(tmp_path):
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"version 1")
+    cache = PreprocessCache(tmp_path / "cache")
+    cache.get_or_compute("cxr", [source], SPEC, Counter(torch.zeros(2)))
+    source.write_bytes(b"version 2, longer")
+    assert torch.equal(cache.get_or_compute("cxr", [source], SPEC, Counter(torch.ones(2))), torch.ones(2))
+    changed_spec = {**SPEC, "size": 16}
+    assert torch.equal(cache.get_or_compute("cxr", [source], changed_spec, Counter(torch.full((2,), 7.0))),
+                       torch.full((2,), 7.0))
+    assert cache.get_or_compute("ecg", [source], SPEC, Counter(torch.full((2,), 9.0)))[0] == 9.0
+    assert cache.misses == 4
+
+
+def test_same_size_same_mtime_edit_is_the_documented_blind_spot_but_touch_is_not(tmp_path):
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"AAAA")
+    cache = PreprocessCache(tmp_path / "cache")
+    cache.get_or_compute("cxr", [source], SPEC, Counter(torch.zeros(1)))
+    stat = source.stat()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, content unchanged
+    assert cache.get_or_compute("cxr", [source], SPEC, Counter(torch.ones(1)))[0] == 0  # re-hashed, still a hit
+    source.write_bytes(b"BBBB")
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # size and mtime restored by hand
+    assert cache.get_or_compute("cxr", [source], SPEC, Counter(torch.ones(1)))[0] == 0
+
+
+def test_a_damaged_entry_is_recomputed_not_served(tmp_path):
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"x")
+    cache = PreprocessCache(tmp_path / "cache")
+    cache.get_or_compute("cxr", [source], SPEC, Counter(torch.zeros(3)))
+    entry = cache.entry_path("cxr", [source], SPEC)
+    entry.write_bytes(entry.read_bytes()[:10])
+    compute = Counter(torch.zeros(3))
+    assert torch.equal(cache.get_or_compute("cxr", [source], SPEC, compute), torch.zeros(3))
+    assert compute.calls == 1
+
+
+def test_wfdb_record_files_cover_every_signal_file(realdata):
+    files = wfdb_record_files(realdata / "ecg_wfdb/ptbdb_s0010_re/s0010_re")
+    assert [f.name for f in files] == ["s0010_re.dat", "s0010_re.hea", "s0010_re.xyz"]
+
+
+@pytest.fixture
+def ecg_cohort(tmp_path):
+    rows = []
+    for i in range(6):
+        t = np.arange(1000) / 250
+        signal = np.stack([np.sin(2 * np.pi * (i + 1) * t)] * 12, axis=1)
+        wfdb.wrsamp(f"r{i}", fs=250, units=["mV"] * 12, p_signal=signal, fmt=["16"] * 12,
+                    sig_name=["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"],
+                    write_dir=str(tmp_path))
+        rows.append({"patient_id": f"P{i}", "study_id": f"S{i}", "ecg_path": f"r{i}", "y": i % 2})
+    (tmp_path / "bad.hea").write_text("garbage\n")
+    rows.append({"patient_id": "P9", "study_id": "S9", "ecg_path": "bad", "y": 0})
+    table = pd.DataFrame(rows)
+    table.to_csv(tmp_path / "manifest.csv", index=False)
+    config = CohortConfig(name="t", manifest="manifest.csv", modalities={"ecg": "ecg_path"}, labels=["y"])
+    return Cohort(config, tmp_path / "c.yaml", tmp_path / "manifest.csv", table)
+
+
+def test_second_epoch_reads_no_file_and_matches_the_first(ecg_cohort, tmp_path, monkeypatch):
+    def preprocess(record):
+        return ecg_to_input(record, 100, 10)
+
+    spec = {"transform": "ecg_to_input", "sample_rate": 100, "duration_s": 10}
+    cache = PreprocessCache(tmp_path / "cache")
+    rows = list(ecg_cohort.table.index)
+    first, quarantine = materialize(CohortDataset(ecg_cohort, rows, {Modality.ECG: preprocess}, on_error="skip",
+                                                  cache=cache, specs={Modality.ECG: spec}), workers=2)
+    assert len(quarantine) == 1 and quarantine[0].study_id == "S9"
+    assert len(list((tmp_path / "cache/entries").rglob("*.safetensors"))) == 6  # written by the worker processes
+
+    def no_reading(path):
+        raise AssertionError(f"read {path} although it is cached")
+
+    monkeypatch.setitem(dataset_module.READERS, Modality.ECG, no_reading)
+    hot = PreprocessCache(tmp_path / "cache")
+    dataset = CohortDataset(ecg_cohort, rows[:6], {Modality.ECG: preprocess}, cache=hot, specs={Modality.ECG: spec})
+    for i in range(6):
+        sample, _ = dataset[i]
+        assert torch.equal(sample[Modality.ECG], first[i][Modality.ECG])
+    assert hot.hits == 6 and hot.misses == 0
