@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--patients", type=int, default=600)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_synth)
+    describe = cohort.add_parser("describe", help="cohort characteristics overall, per split, site and device")
+    describe.add_argument("cohort", type=Path, help="cohort YAML")
+    describe.add_argument("--out", type=Path, help="folder for cohort_description.{json,md} "
+                                                   "(default runs/cohort-<name>)")
+    describe.set_defaults(func=_describe)
     return parser
 
 
@@ -67,6 +72,19 @@ def _run(args: argparse.Namespace) -> int:
     report = Path(results["report_path"])
     shown = report.relative_to(Path.cwd()) if report.is_relative_to(Path.cwd()) else report
     console.print(f"report: [bold]{shown}[/]")
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from medfm.cohort import assign_splits, describe_cohort, format_description, load_cohort, write_description
+
+    cohort = load_cohort(args.cohort)
+    cfg = cohort.config
+    split = assign_splits(cohort.table, cfg.split, cfg.patient_column, cfg.labels)
+    description = describe_cohort(cohort.table, cfg, split=split)
+    print(format_description(description))
+    written = write_description(description, args.out or Path("runs") / f"cohort-{cfg.name}")
+    Console().print(f"wrote {written['markdown']} and {written['json']}")
     return 0
 
 

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from medfm import __version__
 from medfm.atomic import write_atomic, write_json_atomic
-from medfm.cohort import Cohort, CohortConfig, load_cohort, patient_level_split
+from medfm.cohort import Cohort, CohortConfig, assign_splits, load_cohort
 from medfm.config import Config, load_config, resolve_path
 from medfm.data.cache import PreprocessCache
 from medfm.data.dataset import CohortDataset, materialize, write_quarantine
@@ -69,8 +69,7 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
     timing["synth_s"] = time.perf_counter() - tick
     cohort = load_cohort(files["cohort"])
 
-    split = patient_level_split(cohort.table, cohort_config.split.fractions, cohort_config.patient_column,
-                                cohort_config.labels, cohort_config.split.seed)
+    split = assign_splits(cohort.table, cohort_config.split, cohort_config.patient_column, cohort_config.labels)
     table = cohort.table.assign(split=split)
     _write_csv(table[[cohort_config.study_column, cohort_config.patient_column, "split"]], out / "splits.csv")
     if plan.split not in set(split):

@@ -1,9 +1,20 @@
-"""Cohort definitions → manifests, splits and leakage checks."""
+"""Cohort definitions → manifests, inclusion rules, splits, leakage checks and descriptions."""
 
-from medfm.cohort.manifest import Cohort, CohortConfig, load_cohort
-from medfm.cohort.splits import LeakageError, check_no_patient_leakage, patient_level_split
+from medfm.cohort.describe import describe_cohort, format_description, write_description
+from medfm.cohort.leakage import check_near_duplicate_leakage
+from medfm.cohort.manifest import Cohort, CohortConfig, SplitSpec, apply_inclusion, load_cohort
+from medfm.cohort.splits import (
+    LeakageError,
+    SplitError,
+    assign_splits,
+    check_no_patient_leakage,
+    holdout_split,
+    patient_level_split,
+    temporal_split,
+)
 
 __all__ = [
-    "Cohort", "CohortConfig", "LeakageError", "check_no_patient_leakage", "load_cohort",
-    "patient_level_split",
+    "Cohort", "CohortConfig", "LeakageError", "SplitError", "SplitSpec", "apply_inclusion", "assign_splits",
+    "check_near_duplicate_leakage", "check_no_patient_leakage", "describe_cohort", "format_description",
+    "holdout_split", "load_cohort", "patient_level_split", "temporal_split", "write_description",
 ]

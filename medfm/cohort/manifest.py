@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
+from typing import Literal
 
+import duckdb
+import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from medfm.config import Config, load_config, resolve_path
 from medfm.errors import ConfigError
@@ -21,10 +25,29 @@ class SynthSpec(Config):
 
 
 class SplitSpec(Config):
-    """Patient-level split: fractions per split, stratified by the cohort's labels."""
+    """How studies are assigned to splits; every strategy keeps each patient in one split.
 
+    Attributes:
+        strategy: ``patient`` (stratified random patient-level split by ``fractions``),
+            ``holdout`` (studies whose ``column`` is in ``test_values`` form ``test``; the
+            rest split train/val by the train:val ratio of ``fractions``) or ``time``
+            (patients split by their first ``column`` date at the two ``cutoffs``).
+        fractions: share of patients per split (``patient``); ``holdout`` uses only the
+            ``train`` and ``val`` entries' ratio; ``time`` ignores it.
+        seed: random seed of the patient shuffle (``patient``, ``holdout``).
+        column: the column held out (``holdout``) or the date column (``time``).
+        test_values: the values of ``column`` that form the test split (``holdout``).
+        cutoffs: two ascending dates (``time``): train before the first, val before the
+            second, test on or after the second.
+    """
+
+    # Field order matters: the validators below read ``strategy`` from the fields before them.
+    strategy: Literal["patient", "holdout", "time"] = "patient"
     fractions: dict[str, float] = {"train": 0.7, "val": 0.1, "test": 0.2}
     seed: int = 0
+    column: str | None = Field(None, validate_default=True)
+    test_values: list[str] | None = Field(None, validate_default=True)
+    cutoffs: list[date] | None = Field(None, validate_default=True)
 
     @field_validator("fractions")
     @classmethod
@@ -32,6 +55,44 @@ class SplitSpec(Config):
         if any(f < 0 for f in value.values()) or abs(sum(value.values()) - 1.0) > 1e-6:
             raise ValueError(f"split fractions must be non-negative and sum to 1, got {value}")
         return value
+
+    @field_validator("column")
+    @classmethod
+    def _column_for_strategy(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _needed_by(value, info, ("holdout", "time"), "column")
+
+    @field_validator("test_values")
+    @classmethod
+    def _test_values_for_holdout(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        value = _needed_by(value, info, ("holdout",), "test_values")
+        if value is not None and not value:
+            raise ValueError("test_values must name at least one value")
+        if value is not None and info.data.get("strategy") == "holdout":
+            fractions = info.data.get("fractions", {})
+            if fractions.get("train", 0) + fractions.get("val", 0) <= 0:
+                raise ValueError("holdout splits the remaining patients by fractions' train:val ratio; "
+                                 "fractions needs a positive train or val")
+        return value
+
+    @field_validator("cutoffs")
+    @classmethod
+    def _two_ascending_cutoffs(cls, value: list[date] | None, info: ValidationInfo) -> list[date] | None:
+        value = _needed_by(value, info, ("time",), "cutoffs")
+        if value is not None and (len(value) != 2 or not value[0] < value[1]):
+            raise ValueError(f"cutoffs must be two ascending dates [train_end, val_end], got {value}")
+        return value
+
+
+def _needed_by(value, info: ValidationInfo, strategies: tuple[str, ...], key: str):
+    """A strategy-specific key must be given for those strategies and only for them."""
+    strategy = info.data.get("strategy")
+    if strategy is None:  # strategy itself failed validation; that error is reported instead
+        return value
+    if strategy in strategies and value is None:
+        raise ValueError(f"strategy {strategy!r} requires {key}")
+    if strategy not in strategies and value is not None:
+        raise ValueError(f"{key} is only used by strategy {' or '.join(map(repr, strategies))}, not {strategy!r}")
+    return value
 
 
 class CohortConfig(Config):
@@ -45,7 +106,21 @@ class CohortConfig(Config):
     modalities: dict[Modality, str | list[str]]
     labels: list[str]
     metadata: list[str] = []
+    include: str | None = None
     split: SplitSpec = SplitSpec()
+
+    @field_validator("include")
+    @classmethod
+    def _single_boolean_expression(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if ";" in value:
+            raise ValueError("include must be one SQL boolean expression; ';' is not allowed")
+        try:
+            duckdb.SQLExpression(value)  # parses exactly one expression, or raises
+        except duckdb.Error as err:
+            raise ValueError(f"include is not a single SQL expression ({_first_line(err)})") from None
+        return value
 
     @model_validator(mode="after")
     def _report_only_may_join_columns(self) -> CohortConfig:
@@ -63,6 +138,8 @@ class Cohort:
     source: Path
     manifest_path: Path
     table: pd.DataFrame
+    excluded: int = 0
+    """Rows of the manifest removed by the ``include`` rule."""
 
     @property
     def root(self) -> Path:
@@ -77,16 +154,56 @@ class Cohort:
 def load_cohort(path: str | Path, require_manifest: bool = True) -> Cohort | CohortConfig:
     """Load a cohort YAML and, if ``require_manifest``, its manifest table.
 
+    The table holds only the rows that pass the cohort's ``include`` rule, in the
+    manifest's order and with its index; ``Cohort.excluded`` counts the others.
+
     Raises:
-        ConfigError: the YAML is invalid, the manifest is missing, or a column it
-            names is not in the manifest.
+        ConfigError: the YAML is invalid, the manifest is missing, a column it
+            names is not in the manifest, or the ``include`` rule fails in DuckDB.
     """
     path = Path(path)
     config = load_config(path, CohortConfig)
     if not require_manifest:
         return config
     manifest_path = resolve_path(path, "manifest", config.manifest)
-    return Cohort(config, path, manifest_path, read_manifest(manifest_path, config, path))
+    table = read_manifest(manifest_path, config, path)
+    included = apply_inclusion(table, config.include, path) if config.include else table
+    return Cohort(config, path, manifest_path, included, excluded=len(table) - len(included))
+
+
+def apply_inclusion(table: pd.DataFrame, include: str, source: str | Path | None = None) -> pd.DataFrame:
+    """Keep the rows of ``table`` for which the SQL boolean expression ``include`` is true.
+
+    The expression is evaluated by DuckDB over the table registered as ``manifest``
+    (``SELECT ... FROM manifest WHERE <include>``), with file access disabled. Rows
+    where it is NULL (e.g. a comparison with a missing value) are excluded, as in SQL.
+
+    Raises:
+        ConfigError: ``include`` is not a boolean expression or DuckDB rejects it
+            (key ``include``, DuckDB's message as the reason).
+    """
+    if ";" in include:
+        raise ConfigError(source, "include", "one SQL boolean expression expected; ';' is not allowed")
+    row = "__medfm_row"
+    con = duckdb.connect()
+    try:
+        con.register("manifest", table.assign(**{row: np.arange(len(table))}))
+        con.execute("SET enable_external_access = false")  # an include rule reads the manifest, nothing else
+        # Newlines end a trailing ``--`` comment; the validator has already checked one expression.
+        keep = f"(\n{include}\n)"
+        kind = con.execute(f"DESCRIBE SELECT {keep} AS keep FROM manifest").fetchall()[0][1]
+        if kind != "BOOLEAN":
+            raise ConfigError(source, "include", f"expression must be boolean, it gives {kind}")
+        rows = con.execute(f"SELECT {row} FROM manifest WHERE {keep} ORDER BY {row}").fetchnumpy()[row]
+    except duckdb.Error as err:
+        raise ConfigError(source, "include", _first_line(err)) from None
+    finally:
+        con.close()
+    return table.iloc[np.asarray(rows, dtype=np.int64)]
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0]
 
 
 def manifest_location(path: str | Path, config: CohortConfig) -> Path:

@@ -7,8 +7,8 @@ finished tensor back costs microseconds. An entry's key is the SHA-256 of
 
 so a changed file or a changed transform gets a new key, and an old entry is never
 served for it. Hashing a large series on every access would cost a read of every
-byte, so a small index remembers each file's (size, mtime_ns) → content digest and
-re-hashes only when those change, the trade-off make and rsync accept: a file edited
+byte, so a small index remembers each large source set's (size, mtime_ns) list →
+content digest and re-hashes only when those change, the trade-off make and rsync accept: a file edited
 in place with its size and modification time restored is not noticed.
 
 Entries and index records are written atomically under per-writer temp names, so
@@ -27,9 +27,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from medfm.atomic import write_atomic, write_json_atomic
+from medfm.atomic import write_atomic, write_text_atomic
 
 CACHE_FORMAT = "medfm-preprocess/1"
+# Below this many bytes re-hashing a source set is cheaper than writing and reading its index record.
+INDEX_MIN_BYTES = 4 << 20
 
 
 class PreprocessCache:
@@ -46,6 +48,7 @@ class PreprocessCache:
         self.directory = Path(directory)
         self.hits = 0
         self.misses = 0
+        self._digests: dict[tuple[Path, ...], tuple[list, str]] = {}  # this process's view of the index
 
     def get_or_compute(self, modality: str, sources: Sequence[Path], spec: Mapping[str, Any],
                        compute: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -75,25 +78,40 @@ class PreprocessCache:
     def entry_path(self, modality: str, sources: Sequence[Path], spec: Mapping[str, Any]) -> Path:
         key = hashlib.sha256()
         key.update(json.dumps([CACHE_FORMAT, str(modality), dict(spec)], sort_keys=True).encode())
-        for source in sources:
-            key.update(self.content_digest(Path(source)).encode())
+        key.update(self.content_digest([Path(s) for s in sources]).encode())
         digest = key.hexdigest()
         return self.directory / "entries" / digest[:2] / f"{digest}.safetensors"
 
-    def content_digest(self, path: Path) -> str:
-        """SHA-256 of a file's bytes, re-read only when its size or mtime changed."""
-        stat = path.stat()
-        record_path = self.directory / "index" / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()}.json"
+    def content_digest(self, sources: Sequence[Path]) -> str:
+        """SHA-256 over the bytes of ``sources`` in order, re-read only when a size or mtime changed.
+
+        One index record covers the whole set (a 200-slice series is one record, not 200).
+        """
+        stats = [(s.stat().st_size, s.stat().st_mtime_ns) for s in sources]
+        memo_key = tuple(sources)
+        known = self._digests.get(memo_key)
+        if known is not None and known[0] == stats:
+            return known[1]
+        names = "\n".join(str(s.resolve()) for s in sources)
+        record_path = self.directory / "index" / f"{hashlib.sha256(names.encode()).hexdigest()}.json"
+        digest = None
         try:
             record = json.loads(record_path.read_text())
-            if record["size"] == stat.st_size and record["mtime_ns"] == stat.st_mtime_ns:
-                return record["sha256"]
-        except (OSError, ValueError, KeyError):
+            if [tuple(x) for x in record["stats"]] == stats:
+                digest = record["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
             pass
-        digest = _sha256_file(path)
-        record_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(record_path, {"path": str(path), "size": stat.st_size,
-                                        "mtime_ns": stat.st_mtime_ns, "sha256": digest})
+        if digest is None:
+            hasher = hashlib.sha256()
+            for source in sources:
+                _update_with_file(hasher, source)
+            digest = hasher.hexdigest()
+            if sum(size for size, _ in stats) >= INDEX_MIN_BYTES:
+                record_path.parent.mkdir(parents=True, exist_ok=True)
+                # Not fsynced: a lost index record only costs one re-hash.
+                record = {"paths": names.split("\n"), "stats": stats, "sha256": digest}
+                write_text_atomic(record_path, json.dumps(record), durable=False)
+        self._digests[memo_key] = (stats, digest)
         return digest
 
 
@@ -104,9 +122,7 @@ def wfdb_record_files(record: Path) -> list[Path]:
     return files or [record.with_name(record.name + ".hea")]
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def _update_with_file(hasher: Any, path: Path) -> None:
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            hasher.update(block)

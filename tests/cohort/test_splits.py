@@ -2,7 +2,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medfm.cohort import LeakageError, check_no_patient_leakage, patient_level_split
+from medfm.cohort import (
+    LeakageError,
+    SplitError,
+    SplitSpec,
+    assign_splits,
+    check_no_patient_leakage,
+    holdout_split,
+    patient_level_split,
+    temporal_split,
+)
 
 
 def make_table(n_patients=300, seed=0):
@@ -47,3 +56,83 @@ def test_leakage_check_fails_loudly():
     table = pd.DataFrame({"patient_id": ["A", "A", "B"], "split": ["train", "test", "test"]})
     with pytest.raises(LeakageError, match="1 patient"):
         check_no_patient_leakage(table)
+
+
+def spec(**kwargs):
+    return SplitSpec(**kwargs)
+
+
+def sited_table():
+    """Six patients at two sites; P3 has a study at each site."""
+    return pd.DataFrame({
+        "patient_id": ["P1", "P1", "P2", "P3", "P3", "P4", "P5", "P6"],
+        "study_id": [f"S{i}" for i in range(8)],
+        "site": ["a", "a", "b", "a", "b", "a", "a", "a"],
+        "study_date": ["2019-05-01", "2021-03-01", "2020-02-01", "2020-06-30", "2019-12-31",
+                       "2022-01-01", "2020-07-01", None],
+    })
+
+
+def test_patient_strategy_is_exactly_patient_level_split():
+    table = make_table()
+    expected = patient_level_split(table, {"train": 0.7, "val": 0.1, "test": 0.2}, "patient_id", ["finding"], 3)
+    got = assign_splits(table, spec(seed=3), "patient_id", ["finding"])
+    assert got.equals(expected)
+
+
+def test_holdout_puts_held_out_site_and_straddling_patients_in_test():
+    table = sited_table()
+    split = assign_splits(table, spec(strategy="holdout", column="site", test_values=["b"]))
+    by_study = dict(zip(table["study_id"], split, strict=True))
+    assert by_study["S2"] == "test"  # P2: site b
+    assert by_study["S3"] == by_study["S4"] == "test"  # P3 straddles: all studies to test
+    assert set(split[~table["patient_id"].isin(["P2", "P3"])]) <= {"train", "val"}
+
+
+def test_holdout_splits_the_rest_by_the_train_val_ratio_stratified():
+    table = make_table(1000).assign(site=lambda t: np.where(t["patient_id"] < "P0200", "x", "y"))
+    split = holdout_split(table, "site", ["x"], {"train": 0.6, "val": 0.2, "test": 0.2}, stratify=["finding"])
+    per_patient = table.assign(split=split).groupby("patient_id").first()
+    assert (per_patient.loc[per_patient["site"] == "x", "split"] == "test").all()
+    rest = per_patient[per_patient["site"] == "y"]
+    assert rest["split"].value_counts(normalize=True)["train"] == pytest.approx(0.75, abs=0.01)
+    prevalence = rest.groupby("split")["finding"].mean()
+    assert prevalence.max() - prevalence.min() < 0.02
+
+
+def test_holdout_of_a_value_nobody_has_fails():
+    with pytest.raises(SplitError, match="nothing to hold out"):
+        holdout_split(sited_table(), "site", ["z"], {"train": 0.8, "val": 0.2})
+    with pytest.raises(SplitError, match="not in the manifest"):
+        holdout_split(sited_table(), "scanner", ["z"], {"train": 0.8, "val": 0.2})
+
+
+def test_time_split_assigns_patients_by_their_first_study_date():
+    table = sited_table().dropna()
+    split = assign_splits(table, spec(strategy="time", column="study_date", cutoffs=["2020-01-01", "2020-07-01"]))
+    got = table.assign(split=split).groupby("patient_id")["split"].first().to_dict()
+    # P1 first seen 2019-05 (later study in 2021 follows), P3 first seen 2019-12-31,
+    # P2 2020-02, P4 2022, P5 exactly on the second cutoff: test.
+    assert got == {"P1": "train", "P2": "val", "P3": "train", "P4": "test", "P5": "test"}
+
+
+def test_time_split_refuses_undated_patients_and_bad_dates():
+    with pytest.raises(SplitError, match="1 patient.*no study_date: P6"):
+        temporal_split(sited_table(), "study_date", ["2020-01-01", "2021-01-01"])
+    bad = sited_table().fillna("not a date")
+    with pytest.raises(SplitError, match="not a date"):
+        temporal_split(bad, "study_date", ["2020-01-01", "2021-01-01"])
+
+
+def test_every_strategy_ends_with_the_leakage_check(monkeypatch):
+    import medfm.cohort.splits as splits
+
+    def fail(table, patient_column="patient_id"):
+        raise LeakageError("checked")
+
+    monkeypatch.setattr(splits, "check_no_patient_leakage", fail)
+    table = sited_table().dropna()
+    for s in [spec(), spec(strategy="holdout", column="site", test_values=["b"]),
+              spec(strategy="time", column="study_date", cutoffs=["2020-01-01", "2021-01-01"])]:
+        with pytest.raises(LeakageError, match="checked"):
+            assign_splits(table, s)
