@@ -1,4 +1,4 @@
-"""Name → constructor registries (``ENCODERS``, ``LOSSES``, ``HEADS``).
+"""Name → constructor registries (``ENCODERS``, ``LOSSES``, ``HEADS``, ``ADAPTERS``).
 
 A new encoder is one class plus ``@ENCODERS.register("name")``; lookups never
 go through if/elif chains. Registering a name twice is an error, as in peft,
@@ -48,3 +48,4 @@ class Registry(Generic[T]):
 ENCODERS: Registry = Registry("encoder")
 LOSSES: Registry = Registry("loss")
 HEADS: Registry = Registry("head")
+ADAPTERS: Registry = Registry("dataset adapter")

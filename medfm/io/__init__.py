@@ -1,11 +1,37 @@
 """Readers: files on disk → channel-first float32 arrays with their geometry.
 
-Each reader raises a :class:`~medfm.errors.MedfmReadError` subclass naming the
-file and the reason; none returns an array it could not trust.
+Each reader raises a :class:`~medfm.errors.MedfmReadError` subclass from
+:mod:`medfm.io.errors` naming the file and the reason; none returns an array it could
+not trust. Image readers return :class:`~medfm.io.images.Image` (affine in LPS mm).
 """
 
-from medfm.io.dicom import RadiographImage, read_radiograph
-from medfm.io.reports import read_report
+from medfm.io.dicom import PATIENT_IDENTIFIER_FIELDS, RadiographImage, read_dicom_image, read_radiograph
+from medfm.io.dicom_series import read_dicom_series
+from medfm.io.errors import CorruptFileError, EmptyFileError, UnsupportedFormatError
+from medfm.io.images import Image, read_photo, to_metatensor
+from medfm.io.inspect import detect_format, format_inspection, inspect_path
+from medfm.io.nifti import read_nifti
+from medfm.io.reports import read_report, split_report_sections
 from medfm.io.wfdb import ECGRecord, read_ecg
 
-__all__ = ["ECGRecord", "RadiographImage", "read_ecg", "read_radiograph", "read_report"]
+__all__ = [
+    "PATIENT_IDENTIFIER_FIELDS",
+    "CorruptFileError",
+    "ECGRecord",
+    "EmptyFileError",
+    "Image",
+    "RadiographImage",
+    "UnsupportedFormatError",
+    "detect_format",
+    "format_inspection",
+    "inspect_path",
+    "read_dicom_image",
+    "read_dicom_series",
+    "read_ecg",
+    "read_nifti",
+    "read_photo",
+    "read_radiograph",
+    "read_report",
+    "split_report_sections",
+    "to_metatensor",
+]
