@@ -19,6 +19,8 @@ class TrainConfig(Config):
             the rest follows a cosine to zero.
         mask_same_patient: drop two studies of one patient from each other's negatives.
         on_error: what a dataset does with an unreadable file (``skip`` quarantines it).
+        balance_by: label or metadata keys (e.g. ``[site]``) whose groups are drawn equally
+            often, with replacement; empty: every sample once per epoch, shuffled.
     """
 
     epochs: int = Field(10, ge=1)
@@ -33,3 +35,4 @@ class TrainConfig(Config):
     loss: str = "infonce"
     mask_same_patient: bool = True
     on_error: Literal["raise", "skip"] = "skip"
+    balance_by: list[str] = []

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import medfm.align  # noqa: F401,E402  (registers the losses)
 from medfm.atomic import write_json_atomic
 from medfm.data.dataset import collate_samples
+from medfm.data.samplers import balanced_order
 from medfm.keys import Field, Modality
 from medfm.models.multimodal import MultimodalModel
 from medfm.registry import LOSSES
@@ -58,8 +59,11 @@ def pretrain(model: MultimodalModel, samples: list[dict[str, Any]], config: Trai
                             epoch=start_epoch + 1, loss=float("nan"))
         for epoch in range(start_epoch, config.epochs):
             # Batch order and dropout depend only on (seed, epoch): a resumed run repeats them exactly.
-            torch.manual_seed(config.seed * 1000 + epoch)
-            order = torch.randperm(len(samples))
+            generator = torch.manual_seed(config.seed * 1000 + epoch)
+            if config.balance_by:
+                order = balanced_order(samples, config.balance_by, generator)
+            else:
+                order = torch.randperm(len(samples))
             losses = []
             for step_in_epoch in range(steps_per_epoch):
                 picked = order[step_in_epoch * config.batch_size:(step_in_epoch + 1) * config.batch_size]

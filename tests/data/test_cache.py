@@ -122,3 +122,33 @@ def test_second_epoch_reads_no_file_and_matches_the_first(ecg_cohort, tmp_path, 
         sample, _ = dataset[i]
         assert torch.equal(sample[Modality.ECG], first[i][Modality.ECG])
     assert hot.hits == 6 and hot.misses == 0
+
+
+def _fill(directory, sources, barrier):
+    cache = PreprocessCache(directory)
+    barrier.wait()  # both processes hit the same missing entries at the same moment
+    for i, source in enumerate(sources):
+        cache.get_or_compute("ecg", [source], SPEC, lambda i=i: torch.full((256, 256), float(i)))
+
+
+def test_two_processes_filling_the_same_entries_leave_valid_entries(tmp_path):
+    import multiprocessing as mp
+
+    sources = []
+    for i in range(20):
+        sources.append(tmp_path / f"s{i}.bin")
+        sources[-1].write_bytes(bytes([i]) * 100)
+    context = mp.get_context("fork")
+    barrier = context.Barrier(2)
+    workers = [context.Process(target=_fill, args=(tmp_path / "cache", sources, barrier)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    cache = PreprocessCache(tmp_path / "cache")
+    for i, source in enumerate(sources):
+        value = cache.get_or_compute("ecg", [source], SPEC, lambda: torch.zeros(1))
+        assert value.shape == (256, 256) and value[0, 0] == i
+    assert cache.misses == 0
+    assert not list((tmp_path / "cache").rglob("*.tmp"))

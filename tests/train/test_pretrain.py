@@ -74,3 +74,10 @@ def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, config, monke
         assert torch.allclose(a, b, atol=1e-6), name
     reloaded = MultimodalModel.from_pretrained(tmp_path / "b")
     assert torch.equal(reloaded.logit_scale, resumed.logit_scale)
+
+
+def test_balanced_sampling_trains(tmp_path, config):
+    model = create_model(config, seed=0)
+    summary = pretrain(model, toy_samples(), TrainConfig(epochs=2, batch_size=8, balance_by=["finding"]),
+                       tmp_path, show_progress=False)
+    assert len(summary["history"]) == 2 and all(h["loss"] > 0 for h in summary["history"])
