@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 
+from medfm.errors import MedfmReadError
 from medfm.io.errors import CorruptFileError, EmptyFileError, UnsupportedFormatError
 from medfm.io.images import Image, affine_2d, plane_affine
 
@@ -61,13 +62,14 @@ def load_dataset(path: str | Path, stop_before_pixels: bool = False) -> Dataset:
     with a group 0002 or 0008 element, as old ACR-NEMA style files do.
 
     Raises:
-        CorruptFileError: missing file, or a DICOM header that cannot be parsed.
+        MedfmReadError: the file does not exist.
+        CorruptFileError: a DICOM header that cannot be parsed.
         EmptyFileError: zero-byte file.
         UnsupportedFormatError: the content is another format (PNG, JPEG, ...) or not DICOM.
     """
     path = Path(path)
     if not path.is_file():
-        raise CorruptFileError(path, "file not found")
+        raise MedfmReadError(path, "file not found")
     with path.open("rb") as handle:
         head = handle.read(132)
     if not head:
@@ -156,8 +158,12 @@ def read_dicom_image(path: str | Path) -> Image:
             and :func:`decode_pixels`.
     """
     path = Path(path)
-    ds = load_dataset(path)
-    frames = decode_pixels(ds, path)
+    return image_from_dataset(load_dataset(path), path)
+
+
+def image_from_dataset(ds: Dataset, path: str | Path) -> Image:
+    """:func:`read_dicom_image` on an already parsed dataset (``path`` names it in errors)."""
+    frames = decode_pixels(ds, Path(path))
     meta = dicom_meta(ds)
     row_spacing, col_spacing, spacing_known = _pixel_spacing(ds)
     orientation, origin = _plane(ds)

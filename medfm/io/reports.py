@@ -75,8 +75,9 @@ def split_report_sections(text: str) -> dict[str, str]:
     """Split a report into its sections, keyed by a normalised name.
 
     Headings (case-insensitive, followed by a colon) are recognised at the start of the
-    text, after a sentence end, or at a line start when in capitals or after a blank line; synonyms share a key (``CONCLUSION`` → ``impression``,
-    ``CLINICAL HISTORY`` → ``history``), see :data:`SECTION_HEADINGS`. Text before the
+    text, after a sentence end, or at a line start when in capitals or after a blank line;
+    synonyms share a key (``CONCLUSION`` → ``impression``, ``CLINICAL HISTORY`` →
+    ``history``), see :data:`SECTION_HEADINGS`. Text before the
     first heading is ``"preamble"``; a section that occurs twice is joined with a space.
     Whitespace inside each section is normalised; empty sections are kept as ``""``.
 
