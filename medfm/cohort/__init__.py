@@ -2,7 +2,7 @@
 
 from medfm.cohort.describe import describe_cohort, format_description, write_description
 from medfm.cohort.leakage import check_near_duplicate_leakage
-from medfm.cohort.manifest import Cohort, CohortConfig, SplitSpec, apply_inclusion, load_cohort
+from medfm.cohort.manifest import Cohort, CohortConfig, SourceSpec, SplitSpec, apply_inclusion, load_cohort
 from medfm.cohort.splits import (
     LeakageError,
     SplitError,
@@ -14,7 +14,8 @@ from medfm.cohort.splits import (
 )
 
 __all__ = [
-    "Cohort", "CohortConfig", "LeakageError", "SplitError", "SplitSpec", "apply_inclusion", "assign_splits",
+    "Cohort", "CohortConfig", "LeakageError", "SourceSpec", "SplitError", "SplitSpec", "apply_inclusion",
+    "assign_splits",
     "check_near_duplicate_leakage", "check_no_patient_leakage", "describe_cohort", "format_description",
     "holdout_split", "load_cohort", "patient_level_split", "temporal_split", "write_description",
 ]

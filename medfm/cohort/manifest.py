@@ -1,19 +1,20 @@
-"""A cohort YAML names a manifest and says which columns mean what."""
+"""A cohort YAML names a manifest (or a public dataset to build one from) and says which columns mean what."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import duckdb
 import numpy as np
 import pandas as pd
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from medfm.cohort.adapters import ADAPTERS, create_adapter
 from medfm.config import Config, load_config, resolve_path
-from medfm.errors import ConfigError
+from medfm.errors import ConfigError, MedfmError
 from medfm.keys import Modality
 
 
@@ -95,11 +96,44 @@ def _needed_by(value, info: ValidationInfo, strategies: tuple[str, ...], key: st
     return value
 
 
+class SourceSpec(Config):
+    """A public dataset whose published folder is turned into the manifest by a registered adapter.
+
+    Attributes:
+        adapter: name in ``medfm.registry.ADAPTERS`` (``ptbxl``, ``mimic_iv_ecg``, ``mimic_cxr_jpg``,
+            ``chexpert``).
+        root: the dataset's folder, relative to the YAML's folder unless absolute.
+        options: the adapter's options (its ``Config``), checked when the YAML is loaded.
+    """
+
+    adapter: str
+    root: str
+    options: dict[str, Any] = {}
+
+    @field_validator("adapter")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in ADAPTERS:
+            raise ValueError(f"unknown adapter {value!r}; registered: {', '.join(ADAPTERS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _options_fit_the_adapter(self) -> SourceSpec:
+        try:
+            create_adapter(self.adapter, **self.options)
+        except ValidationError as err:
+            first = err.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"options.{where}: {first['msg']} for adapter {self.adapter!r}") from None
+        return self
+
+
 class CohortConfig(Config):
-    """Schema of ``cohorts/*.yaml``."""
+    """Schema of ``cohorts/*.yaml``: exactly one of ``manifest`` and ``source`` gives the table."""
 
     name: str
-    manifest: str
+    manifest: str | None = None
+    source: SourceSpec | None = None
     synth: SynthSpec | None = None
     patient_column: str = "patient_id"
     study_column: str = "study_id"
@@ -121,6 +155,16 @@ class CohortConfig(Config):
         except duckdb.Error as err:
             raise ValueError(f"include is not a single SQL expression ({_first_line(err)})") from None
         return value
+
+    @model_validator(mode="after")
+    def _one_table_source(self) -> CohortConfig:
+        if (self.manifest is None) == (self.source is None):
+            given = "both" if self.manifest is not None else "neither"
+            raise ValueError(f"give exactly one of 'manifest' (a CSV/Parquet file) or 'source' "
+                             f"(a public dataset adapter), not {given}")
+        if self.synth is not None and self.manifest is None:
+            raise ValueError("'synth' writes a manifest file; it needs 'manifest', not 'source'")
+        return self
 
     @model_validator(mode="after")
     def _report_only_may_join_columns(self) -> CohortConfig:
@@ -157,16 +201,25 @@ def load_cohort(path: str | Path, require_manifest: bool = True) -> Cohort | Coh
     The table holds only the rows that pass the cohort's ``include`` rule, in the
     manifest's order and with its index; ``Cohort.excluded`` counts the others.
 
+    With ``source:`` the table is built by the named adapter from the dataset's folder
+    (nothing is written); ``Cohort.manifest_path`` is then the virtual ``<root>/manifest.csv``,
+    so ``Cohort.root`` is the dataset root that the adapter's relative paths start from.
+    A caller that needs the built manifest on disk writes ``Cohort.table`` itself.
+
     Raises:
-        ConfigError: the YAML is invalid, the manifest is missing, a column it
-            names is not in the manifest, or the ``include`` rule fails in DuckDB.
+        ConfigError: the YAML is invalid, the manifest (or the source root) is missing, a
+            column it names is not in the manifest, the adapter cannot read the dataset's
+            layout (key ``source``), or the ``include`` rule fails in DuckDB.
     """
     path = Path(path)
     config = load_config(path, CohortConfig)
     if not require_manifest:
         return config
-    manifest_path = resolve_path(path, "manifest", config.manifest)
-    table = read_manifest(manifest_path, config, path)
+    if config.source is not None:
+        manifest_path, table = _build_from_source(path, config)
+    else:
+        manifest_path = resolve_path(path, "manifest", config.manifest)
+        table = read_manifest(manifest_path, config, path)
     included = apply_inclusion(table, config.include, path) if config.include else table
     return Cohort(config, path, manifest_path, included, excluded=len(table) - len(included))
 
@@ -207,13 +260,40 @@ def _first_line(err: Exception) -> str:
 
 
 def manifest_location(path: str | Path, config: CohortConfig) -> Path:
+    """Where the manifest is (``<source root>/manifest.csv``, virtual, for a ``source:`` cohort)."""
+    if config.source is not None:
+        return resolve_path(path, "source.root", config.source.root, must_exist=False) / "manifest.csv"
     return resolve_path(path, "manifest", config.manifest, must_exist=False)
+
+
+def _build_from_source(path: Path, config: CohortConfig) -> tuple[Path, pd.DataFrame]:
+    """Run the cohort's dataset adapter over its root; the manifest path is virtual (never written)."""
+    source = config.source
+    root = resolve_path(path, "source.root", source.root)
+    if not root.is_dir():
+        raise ConfigError(path, "source.root", f"not a folder: {source.root}")
+    try:
+        table = create_adapter(source.adapter, **source.options).build_manifest(root)
+    except MedfmError as err:
+        raise ConfigError(path, "source", f"adapter {source.adapter!r}: {err}") from None
+    manifest_path = root / "manifest.csv"
+    check_manifest(table, config, path, f"{source.adapter} manifest of {root}")
+    return manifest_path, table
 
 
 def read_manifest(manifest_path: Path, config: CohortConfig, source: Path) -> pd.DataFrame:
     """Read a manifest CSV or Parquet and check every column the cohort names exists."""
     reader = pd.read_parquet if manifest_path.suffix == ".parquet" else pd.read_csv
     table = reader(manifest_path, dtype={config.patient_column: str, config.study_column: str})
+    return check_manifest(table, config, source, f"manifest {manifest_path.name}")
+
+
+def check_manifest(table: pd.DataFrame, config: CohortConfig, source: Path, what: str) -> pd.DataFrame:
+    """Check that every column the cohort names exists in ``table`` and study ids are unique.
+
+    Raises:
+        ConfigError: a missing column (key: the YAML key naming it) or a repeated study id.
+    """
     wanted = {"patient_column": [config.patient_column], "study_column": [config.study_column],
               "labels": config.labels, "metadata": config.metadata}
     for key, columns in config.modalities.items():
@@ -221,8 +301,8 @@ def read_manifest(manifest_path: Path, config: CohortConfig, source: Path) -> pd
     for key, columns in wanted.items():
         missing = [c for c in columns if c not in table.columns]
         if missing:
-            raise ConfigError(source, key, f"column(s) {missing} not in manifest {manifest_path.name}")
+            raise ConfigError(source, key, f"column(s) {missing} not in {what}")
     if table[config.study_column].duplicated().any():
         dup = table.loc[table[config.study_column].duplicated(), config.study_column].iloc[0]
-        raise ConfigError(source, "study_column", f"study id {dup!r} appears twice in {manifest_path.name}")
+        raise ConfigError(source, "study_column", f"study id {dup!r} appears twice in {what}")
     return table

@@ -132,20 +132,26 @@ def _fill(directory, sources, barrier):
 
 
 def test_two_processes_filling_the_same_entries_leave_valid_entries(tmp_path):
+    """Two independent processes (as torchrun ranks are: spawned, not forked) share one cache."""
     import multiprocessing as mp
 
     sources = []
     for i in range(20):
         sources.append(tmp_path / f"s{i}.bin")
         sources[-1].write_bytes(bytes([i]) * 100)
-    context = mp.get_context("fork")
-    barrier = context.Barrier(2)
+    context = mp.get_context("spawn")
+    barrier = context.Barrier(2, timeout=120)
     workers = [context.Process(target=_fill, args=(tmp_path / "cache", sources, barrier)) for _ in range(2)]
     for w in workers:
         w.start()
-    for w in workers:
-        w.join(timeout=60)
-    assert [w.exitcode for w in workers] == [0, 0]
+    try:
+        for w in workers:
+            w.join(timeout=180)
+        assert [w.exitcode for w in workers] == [0, 0]
+    finally:
+        for w in workers:
+            if w.is_alive():
+                w.kill()
     cache = PreprocessCache(tmp_path / "cache")
     for i, source in enumerate(sources):
         value = cache.get_or_compute("ecg", [source], SPEC, lambda: torch.zeros(1))
