@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true", help="train from scratch even if a checkpoint exists")
     run.set_defaults(func=_run)
 
+    inspect = verbs.add_parser("inspect", help="what a file or DICOM series folder holds (never patient identifiers)")
+    inspect.add_argument("path", type=Path, help="DICOM file or series folder, NIfTI, PNG/JPEG, WFDB .hea or record")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(func=_inspect)
+
     cohort = verbs.add_parser("cohort", help="cohort tools").add_subparsers(metavar="ACTION")
     synth = cohort.add_parser("synth", help="write the synthetic demo cohort as DICOM, WFDB and text files")
     synth.add_argument("--out", type=Path, required=True, help="folder to write (manifest.csv and files)")
@@ -72,6 +77,16 @@ def _run(args: argparse.Namespace) -> int:
     report = Path(results["report_path"])
     shown = report.relative_to(Path.cwd()) if report.is_relative_to(Path.cwd()) else report
     console.print(f"report: [bold]{shown}[/]")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from medfm.io.inspect import format_inspection, inspect_path
+
+    info = inspect_path(args.path)
+    print(json.dumps(info, indent=2, default=str) if args.json else format_inspection(info))
     return 0
 
 

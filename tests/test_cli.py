@@ -23,3 +23,30 @@ def test_cohort_describe_prints_and_writes_the_table(tmp_path, capsys):
     assert set(described["groupings"]["split"]) == {"train", "test"}
     assert set(described["groupings"]["site"]) == {"a", "b"}
     assert (tmp_path / "out/cohort_description.md").is_file()
+
+
+def test_inspect_names_identifier_fields_but_never_prints_their_values(tmp_path, capsys):
+    import numpy as np
+
+    from tests.io.test_readers import write_radiograph
+
+    path = write_radiograph(tmp_path / "x.dcm", np.arange(16, dtype=np.uint16).reshape(4, 4) * 10)
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.PatientName, ds.PatientID = "Doe^Jane", "MRN-778899"
+    ds.save_as(path, enforce_file_format=True)
+    for flags in ([], ["--json"]):
+        assert main(["inspect", str(path), *flags]) == 0
+        out = capsys.readouterr().out
+        assert "PatientName" in out and "PatientID" in out
+        assert "Doe" not in out and "778899" not in out
+    parsed = json.loads((main(["inspect", str(path), "--json"]), capsys.readouterr().out)[1])
+    assert parsed["shape"] == [1, 4, 4] and parsed["value_range"] == [0.0, 150.0]
+
+
+def test_inspect_unsupported_file_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "notes.xyz").write_bytes(b"\x00\x01 not a medical file")
+    assert main(["inspect", str(tmp_path / "notes.xyz")]) == 2
+    err = capsys.readouterr().err
+    assert "notes.xyz" in err and "Traceback" not in err
