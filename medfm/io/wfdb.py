@@ -13,6 +13,9 @@ from medfm.keys import STANDARD_LEADS
 
 _UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "v": 1e3}
 _LEAD_ALIASES = {name.lower(): name for name in STANDARD_LEADS}
+# Modified limb leads (Mason-Likar torso placement, as in Holter and MIT-BIH records) are
+# read as the limb lead they approximate; their morphology is close but not identical.
+_LEAD_ALIASES |= {"mli": "I", "mlii": "II", "mliii": "III"}
 
 
 @dataclass(frozen=True)

@@ -103,3 +103,9 @@ def test_report_whitespace_and_errors(tmp_path):
     (tmp_path / "b.txt").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(MedfmReadError, match="UTF-8"):
         read_report(tmp_path / "b.txt")
+
+
+def test_mit_bih_modified_lead_ii_is_read_as_lead_ii(realdata):
+    record = read_ecg(realdata / "ecg_wfdb/mitdb_100/100")
+    assert record.fs == 360
+    assert [STANDARD_LEADS[i] for i in np.flatnonzero(record.lead_mask)] == ["II", "V5"]
