@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import re
 import warnings
 from pathlib import Path
@@ -18,7 +19,8 @@ with warnings.catch_warnings():  # wfdb 4.3 trips a pandas deprecation on import
     warnings.simplefilter("ignore")
     import wfdb
 
-from medfm.cohort.synth import FINDINGS, synthesize_cohort
+from medfm.cohort.synth import CT_FINDINGS, EYE_FINDINGS, FINDINGS, synthesize_cohort
+from medfm.cohort.synth.ct import CT_DEVICES
 from medfm.cohort.synth.ecg import ECG_DEVICES, wfdb_format16
 from medfm.keys import STANDARD_LEADS
 
@@ -26,13 +28,26 @@ N_PATIENTS = 40
 COLUMNS = [
     "patient_id", "study_id", "site", "study_date", "age", "sex", "cxr_path", "cxr_device",
     "ecg_path", "ecg_device", "cxr_report_path", "ecg_report_path", *FINDINGS,
+    "oct_path", "oct_device", "fundus_path", "fundus_device", "ct_path", "ct_device",
+    "oct_report_path", "fundus_report_path", "ct_report_path", *EYE_FINDINGS, *CT_FINDINGS,
 ]
+# SHA-256 of files of the 6-patient, seed-0 cohort as written before the eye and CT
+# modalities were added: adding them must leave every earlier file byte-identical.
+DIGESTS_BEFORE_EYE_CT = {
+    "cxr/site_a/P00001/S000001.dcm": "991e28a5c84bc5ddf32fbcc0c03ccad40414df3419dfdb3c46c9c59d4212f0ee",
+    "cxr/site_b/P00002/S000002.dcm": "8385936c25dd1c6dd35eafba4e07b179bde5b05c7c6739e1887a3b0452adebb7",
+    "ecg/site_a/P00001/S000001.dat": "f52b54d9b68f121bebcc7eb29870fafc3d0f3965c624db0d3f2ad669664dcbe6",
+    "ecg/site_c/P00003/S000003.dat": "015dec2ef8d547faed7d1b6d854ab180f535434686475ab3b19a63b4614bd1e5",
+    "reports/site_a/P00001/S000001_cxr.txt": "53be98f354d38795d5cefdce55e916ddf915b9f110a8eab80b10544cdf292d46",
+    "reports/site_b/P00002/S000002_ecg.txt": "171b8e9598bd46d49a5504855d26514ae6d0b781fa6e83fb68382d67c36970e7",
+}
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> tuple[Path, list[dict[str, str]]]:
     root = tmp_path_factory.mktemp("cohort")
-    manifest = synthesize_cohort(root, n_patients=N_PATIENTS, seed=0, progress=False)
+    # The eye and CT files have their own tests (test_synth_eye_ct.py); skipping them here keeps this fast.
+    manifest = synthesize_cohort(root, n_patients=N_PATIENTS, seed=0, progress=False, modalities=("cxr", "ecg"))
     with open(manifest, newline="") as f:
         rows = list(csv.DictReader(f))
     return root, rows
@@ -352,7 +367,9 @@ def test_same_seed_same_bytes_and_prefix_stable(cohort, tmp_path):
     with open(small, newline="") as f:
         small_rows = list(csv.DictReader(f))
     # The first patients of a larger cohort are the smaller cohort, file for file.
-    assert small_rows == rows[:len(small_rows)]
+    # (The fixture skipped the eye and CT files, so compare their labels but not their paths.)
+    same = [*COLUMNS[:COLUMNS.index("lvh") + 1], *EYE_FINDINGS, *CT_FINDINGS]
+    assert [{c: r[c] for c in same} for r in small_rows] == [{c: r[c] for c in same} for r in rows[:len(small_rows)]]
     for r in small_rows:
         for rel in [r["cxr_path"], r["cxr_report_path"], r["ecg_report_path"],
                     *([f"{r['ecg_path']}.dat", f"{r['ecg_path']}.hea"] if r["ecg_path"] else [])]:
@@ -360,6 +377,19 @@ def test_same_seed_same_bytes_and_prefix_stable(cohort, tmp_path):
                 assert (tmp_path / "a" / rel).read_bytes() == (root / rel).read_bytes(), rel
     other = synthesize_cohort(tmp_path / "c", n_patients=6, seed=1, progress=False)
     assert other.read_bytes() != small.read_bytes()
+    for rel, digest in DIGESTS_BEFORE_EYE_CT.items():
+        assert hashlib.sha256((tmp_path / "a" / rel).read_bytes()).hexdigest() == digest, rel
+
+
+def _listed_files(row: dict[str, str]) -> set[str]:
+    """Every file a manifest row stands for, relative to the cohort root."""
+    files = {row[c] for c in ("cxr_path", "oct_path", "fundus_path", "cxr_report_path", "ecg_report_path",
+                              "oct_report_path", "fundus_report_path", "ct_report_path") if row[c]}
+    if row["ecg_path"]:
+        files |= {f"{row['ecg_path']}.hea", f"{row['ecg_path']}.dat"}
+    if row["ct_path"]:
+        files |= {f"{row['ct_path']}/CT{k:03d}.dcm" for k in range(1, CT_DEVICES[row["ct_device"]].n_slices + 1)}
+    return files
 
 
 def test_rerun_overwrites_cleanly(tmp_path):
@@ -369,9 +399,7 @@ def test_rerun_overwrites_cleanly(tmp_path):
     foreign.write_text("kept")
     manifest = synthesize_cohort(out, n_patients=2, seed=3, progress=False)
     with open(manifest, newline="") as f:
-        listed = {p for r in csv.DictReader(f) for p in (
-            r["cxr_path"], r["cxr_report_path"], r["ecg_report_path"],
-            *([f"{r['ecg_path']}.hea", f"{r['ecg_path']}.dat"] if r["ecg_path"] else [])) if p}
+        listed = set().union(*(_listed_files(r) for r in csv.DictReader(f)))
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert on_disk == listed | {"manifest.csv", "cxr/notes.txt"}
     assert not any(p.name.endswith(".tmp") for p in out.rglob("*"))
