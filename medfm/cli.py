@@ -15,6 +15,7 @@ from rich.table import Table
 
 from medfm import __version__
 from medfm.errors import MedfmError
+from medfm.keys import Modality
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", type=Path, required=True, help="folder to write (manifest.csv and files)")
     synth.add_argument("--patients", type=int, default=600)
     synth.add_argument("--seed", type=int, default=0)
+    imaging = [str(m) for m in Modality if m != Modality.REPORT]
+    synth.add_argument("--modalities", nargs="+", choices=imaging, metavar="M",
+                       help=f"only these (default: all of {' '.join(imaging)})")
     synth.set_defaults(func=_synth)
     describe = cohort.add_parser("describe", help="cohort characteristics overall, per split, site and device")
     describe.add_argument("cohort", type=Path, help="cohort YAML")
@@ -106,7 +110,8 @@ def _describe(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from medfm.cohort.synth import synthesize_cohort
 
-    manifest = synthesize_cohort(args.out, n_patients=args.patients, seed=args.seed)
+    manifest = synthesize_cohort(args.out, n_patients=args.patients, seed=args.seed,
+                                 modalities=tuple(args.modalities) if args.modalities else None)
     Console().print(f"wrote {manifest}")
     return 0
 
