@@ -21,6 +21,7 @@ from scipy.ndimage import gaussian_filter
 
 from medfm.atomic import write_bytes_atomic
 from medfm.cohort.synth.cxr import CxrHeader
+from medfm.cohort.synth.devices import NamedDevice
 from medfm.cohort.synth.oct import base_dataset
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -29,7 +30,7 @@ HU_AIR, HU_LUNG, HU_FAT, HU_SOFT, HU_BONE = -1000.0, -850.0, -100.0, 40.0, 700.0
 
 
 @dataclass(frozen=True)
-class CtDevice:
+class CtDevice(NamedDevice):
     """One CT scanner protocol: in-plane grid, slices, noise and kernel sharpness."""
 
     name: str
@@ -40,14 +41,6 @@ class CtDevice:
     noise_hu: float
     blur_px: float
     kernel: str
-
-    @property
-    def manufacturer(self) -> str:
-        return self.name.split(" ", 1)[0]
-
-    @property
-    def model(self) -> str:
-        return self.name.split(" ", 1)[1]
 
     def slice_z(self) -> np.ndarray:
         """z of each slice centre, superior first (mm)."""

@@ -20,6 +20,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from scipy.ndimage import gaussian_filter
 
 from medfm.atomic import write_atomic
+from medfm.cohort.synth.devices import NamedDevice
 
 
 def _linear(a: np.ndarray) -> np.ndarray:
@@ -36,7 +37,7 @@ def _gamma_08(a: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class CxrDevice:
+class CxrDevice(NamedDevice):
     """One radiography device: geometry, response curve, noise and DICOM encoding."""
 
     name: str
@@ -51,14 +52,6 @@ class CxrDevice:
     response: Callable[[np.ndarray], np.ndarray]
     noise: float  # std of additive noise on the [0, 1] response scale
     blur_px: float
-
-    @property
-    def manufacturer(self) -> str:
-        return self.name.split(" ", 1)[0]
-
-    @property
-    def model(self) -> str:
-        return self.name.split(" ", 1)[1]
 
     @property
     def stored_range(self) -> tuple[int, int]:

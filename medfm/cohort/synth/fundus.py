@@ -17,6 +17,7 @@ from scipy.ndimage import gaussian_filter
 
 from medfm.atomic import write_atomic, write_bytes_atomic
 from medfm.cohort.synth.cxr import CxrHeader
+from medfm.cohort.synth.devices import NamedDevice
 from medfm.cohort.synth.oct import EyeAnatomy, base_dataset, drusen_heights_mm, set_instance_uid
 
 OPHTHALMIC_PHOTOGRAPHY_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
@@ -25,7 +26,7 @@ DISC_RADIUS_MM = 0.9
 
 
 @dataclass(frozen=True)
-class FundusCamera:
+class FundusCamera(NamedDevice):
     """One fundus camera: field, grid, colour balance, tone curve and file format."""
 
     name: str
@@ -36,14 +37,6 @@ class FundusCamera:
     gamma: float
     blur_px: float
     noise: float
-
-    @property
-    def manufacturer(self) -> str:
-        return self.name.split(" ", 1)[0]
-
-    @property
-    def model(self) -> str:
-        return self.name.split(" ", 1)[1]
 
     @property
     def spacing_mm(self) -> float:

@@ -24,13 +24,14 @@ from scipy.ndimage import gaussian_filter
 
 from medfm.atomic import write_bytes_atomic
 from medfm.cohort.synth.cxr import CxrHeader
+from medfm.cohort.synth.devices import NamedDevice
 
 OPHTHALMIC_TOMOGRAPHY = "1.2.840.10008.5.1.4.1.1.77.1.5.4"
 SCAN_WIDTH_MM = 6.0  # macular cube: 6 x 6 mm centred on the fovea
 
 
 @dataclass(frozen=True)
-class OctDevice:
+class OctDevice(NamedDevice):
     """One OCT device: sampling of the cube, speckle and intensity response."""
 
     name: str
@@ -43,14 +44,6 @@ class OctDevice:
     offset: float  # stored value of an empty A-scan
     gain: float  # stored value range of the brightest band
     noise: float  # noise floor, in reflectivity units
-
-    @property
-    def manufacturer(self) -> str:
-        return self.name.split(" ", 1)[0]
-
-    @property
-    def model(self) -> str:
-        return self.name.split(" ", 1)[1]
 
     @property
     def lateral_mm(self) -> float:
