@@ -16,7 +16,7 @@ from rich.console import Console
 
 from medfm import __version__
 from medfm.atomic import write_atomic, write_json_atomic
-from medfm.cohort import Cohort, CohortConfig, assign_splits, load_cohort
+from medfm.cohort import Cohort, CohortConfig, assign_splits, check_near_duplicate_leakage, load_cohort
 from medfm.config import Config, load_config, resolve_path
 from medfm.data.cache import PreprocessCache
 from medfm.data.dataset import CohortDataset, materialize, write_quarantine
@@ -72,6 +72,10 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
     split = assign_splits(cohort.table, cohort_config.split, cohort_config.patient_column, cohort_config.labels)
     table = cohort.table.assign(split=split)
     _write_csv(table[[cohort_config.study_column, cohort_config.patient_column, "split"]], out / "splits.csv")
+    if cohort_config.near_duplicates is not None:
+        spec = cohort_config.near_duplicates
+        check_near_duplicate_leakage(table, spec.column, cohort.root, max_distance=spec.max_distance,
+                                     study_column=cohort_config.study_column)
     if plan.split not in set(split):
         raise ConfigError(files["plan"], "split", f"split {plan.split!r} not produced by the cohort's split spec")
 

@@ -59,3 +59,16 @@ def test_checkpoint_loads_and_rerun_resumes_instead_of_retraining(tiny_run, caps
     results = json.loads((tiny_run / "out/results.json").read_text())
     assert results["pretrain"]["resumed_from_epoch"] == 2
     assert (tiny_run / "out/checkpoint/model.safetensors").read_bytes() == before
+
+
+def test_near_duplicate_images_across_splits_stop_the_run(tiny_run, capsys):
+    # The synthetic radiographs share one phantom template: with a loose threshold every
+    # pair counts as near-identical, so the opt-in check must refuse the split.
+    cohort = (tiny_run / "cohort.yaml").read_text() + "near_duplicates: {column: cxr_path, max_distance: 64}\n"
+    (tiny_run / "cohort_dup.yaml").write_text(cohort)
+    pipeline = (tiny_run / "pipeline.yaml").read_text().replace("cohort: cohort.yaml", "cohort: cohort_dup.yaml")
+    (tiny_run / "pipeline_dup.yaml").write_text(pipeline.replace("output_dir: out", "output_dir: out_dup"))
+    assert main(["run", str(tiny_run / "pipeline_dup.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "near-identical" in err or "near-duplicate" in err.lower()
+    assert not (tiny_run / "out_dup/results.json").exists()

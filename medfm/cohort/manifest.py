@@ -128,6 +128,17 @@ class SourceSpec(Config):
         return self
 
 
+class NearDuplicateSpec(Config):
+    """Opt-in check that no near-identical image (perceptual hash) sits in two splits.
+
+    Off by default: it reads every image once, and synthetic or phantom images that
+    share one template are near-identical by design.
+    """
+
+    column: str
+    max_distance: int = Field(4, ge=0, le=64)
+
+
 class CohortConfig(Config):
     """Schema of ``cohorts/*.yaml``: exactly one of ``manifest`` and ``source`` gives the table."""
 
@@ -142,6 +153,7 @@ class CohortConfig(Config):
     metadata: list[str] = []
     include: str | None = None
     split: SplitSpec = SplitSpec()
+    near_duplicates: NearDuplicateSpec | None = None
 
     @field_validator("include")
     @classmethod
