@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -87,12 +88,12 @@ class PreprocessCache:
 
         One index record covers the whole set (a 200-slice series is one record, not 200).
         """
-        stats = [(s.stat().st_size, s.stat().st_mtime_ns) for s in sources]
+        stats = [(st.st_size, st.st_mtime_ns) for st in map(os.stat, sources)]
         memo_key = tuple(sources)
         known = self._digests.get(memo_key)
         if known is not None and known[0] == stats:
             return known[1]
-        names = "\n".join(str(s.resolve()) for s in sources)
+        names = "\n".join(os.path.abspath(s) for s in sources)  # no symlink resolution: no syscalls
         record_path = self.directory / "index" / f"{hashlib.sha256(names.encode()).hexdigest()}.json"
         digest = None
         try:
@@ -116,10 +117,24 @@ class PreprocessCache:
 
 
 def wfdb_record_files(record: Path) -> list[Path]:
-    """The header and every signal file of a WFDB record (``record.hea``, ``record.dat``, ``record.d0``...)."""
+    """The header and every signal file of a WFDB record (``record.hea``, ``record.dat``...).
+
+    Signal files are the first field of the header's signal lines, read from the header
+    itself (a glob would scan the whole folder once per record). Multi-segment records,
+    whose lines name segment headers, fall back to every ``record.*`` file.
+    """
     record = Path(record)
-    files = sorted(p for p in record.parent.glob(f"{record.name}.*") if p.is_file())
-    return files or [record.with_name(record.name + ".hea")]
+    header = record.with_name(record.name + ".hea")
+    try:
+        lines = [ln for ln in header.read_text(errors="replace").splitlines() if ln.strip() and ln[0] != "#"]
+    except OSError:
+        return [header]
+    fields = lines[0].split() if lines else []
+    n_signals = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
+    if "/" in (fields[0] if fields else "") or n_signals == 0:  # multi-segment or header-only
+        return sorted(p for p in record.parent.glob(f"{record.name}.*") if p.is_file()) or [header]
+    names = dict.fromkeys(ln.split()[0] for ln in lines[1:1 + n_signals])
+    return [header, *(record.parent / name for name in names if name != "~")]
 
 
 def _update_with_file(hasher: Any, path: Path) -> None:

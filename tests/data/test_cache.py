@@ -79,7 +79,10 @@ def test_a_damaged_entry_is_recomputed_not_served(tmp_path):
 
 def test_wfdb_record_files_cover_every_signal_file(realdata):
     files = wfdb_record_files(realdata / "ecg_wfdb/ptbdb_s0010_re/s0010_re")
-    assert [f.name for f in files] == ["s0010_re.dat", "s0010_re.hea", "s0010_re.xyz"]
+    assert [f.name for f in files] == ["s0010_re.hea", "s0010_re.dat", "s0010_re.xyz"]
+    files = wfdb_record_files(realdata / "ecg_wfdb/binformats/binformats")
+    assert [f.name for f in files] == ["binformats.hea", *(f"binformats.d{i}" for i in range(10))]
+    assert all(f.is_file() for f in files)
 
 
 @pytest.fixture
