@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from medfm.atomic import write_text_atomic
 from medfm.cohort.synth import ct, cxr, ecg, fundus, oct, reports
+from medfm.cohort.synth.dicom_header import StudyHeader
 from medfm.keys import Modality
 
 FINDINGS: tuple[str, ...] = ("cardiomegaly", "pleural_effusion", "atrial_fibrillation", "lvh")
@@ -297,7 +298,7 @@ def _write_cxr(root: Path, rel: Path, seed: int, patient: Patient, visit: Visit,
     att = cxr.render_attenuation(patient.anatomy, device, visit.ctr, visit.effusion_height, side, rng)
     pixels = cxr.to_stored_pixels(att, device, rng)
     sec = int(rng.integers(8 * 3600, 18 * 3600))
-    header = cxr.CxrHeader(
+    header = StudyHeader(
         patient.patient_id, visit.study_id, patient.site, patient.sex, visit.age,
         patient.birth_date, visit.study_date, f"{sec // 3600:02d}{sec // 60 % 60:02d}{sec % 60:02d}",
         uid_entropy=("medfm-synth", str(seed), visit.study_id),
@@ -336,9 +337,9 @@ def _write_ecg(root: Path, rel: Path, seed: int, patient: Patient, visit: Visit,
             f"{_ECG}_device": device.name, f"{_ECG}_report_path": report.relative_to(root).as_posix()}
 
 
-def _header(seed: int, patient: Patient, visit: Visit, rng: np.random.Generator) -> cxr.CxrHeader:
+def _header(seed: int, patient: Patient, visit: Visit, rng: np.random.Generator) -> StudyHeader:
     sec = int(rng.integers(8 * 3600, 18 * 3600))
-    return cxr.CxrHeader(
+    return cxr.StudyHeader(
         patient.patient_id, visit.study_id, patient.site, patient.sex, visit.age,
         patient.birth_date, visit.study_date, f"{sec // 3600:02d}{sec // 60 % 60:02d}{sec % 60:02d}",
         uid_entropy=("medfm-synth", str(seed), visit.study_id),

@@ -20,9 +20,8 @@ from pydicom.uid import generate_uid
 from scipy.ndimage import gaussian_filter
 
 from medfm.atomic import write_bytes_atomic
-from medfm.cohort.synth.cxr import CxrHeader
 from medfm.cohort.synth.devices import NamedDevice
-from medfm.cohort.synth.oct import base_dataset
+from medfm.cohort.synth.dicom_header import StudyHeader, base_dataset
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 RESCALE_INTERCEPT = -1024.0
@@ -212,7 +211,7 @@ def _instance_uid(entropy: tuple[str, ...], k: int) -> str:
     return f"2.25.{int.from_bytes(digest, 'big')}.{k + 101}"
 
 
-def write_ct_series(folder: Path, stored: np.ndarray, device: CtDevice, header: CxrHeader,
+def write_ct_series(folder: Path, stored: np.ndarray, device: CtDevice, header: StudyHeader,
                     table_mm: float, rng: np.random.Generator) -> list[Path]:
     """Writes one file per slice in a shuffled order, named ``CT<nnn>.dcm`` unrelated to slice order.
 

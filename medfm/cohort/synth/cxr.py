@@ -9,18 +9,16 @@ image centre.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from scipy.ndimage import gaussian_filter
 
 from medfm.atomic import write_atomic
 from medfm.cohort.synth.devices import NamedDevice
+from medfm.cohort.synth.dicom_header import StudyHeader, base_dataset, set_instance_uid
 
 
 def _linear(a: np.ndarray) -> np.ndarray:
@@ -215,52 +213,13 @@ def to_stored_pixels(att: np.ndarray, device: CxrDevice, rng: np.random.Generato
     return np.rint(lo + (hi - lo) * y).astype(np.uint16)
 
 
-@dataclass(frozen=True)
-class CxrHeader:
-    """Patient and study fields written into the DICOM header."""
-
-    patient_id: str
-    study_id: str
-    site: str
-    sex: str
-    age: int
-    birth_date: dt.date
-    study_date: dt.date
-    study_time: str  # HHMMSS
-    uid_entropy: tuple[str, ...]  # makes UIDs deterministic from (seed, study)
-
-
-def write_cxr_dicom(path: Path, pixels: np.ndarray, device: CxrDevice, header: CxrHeader) -> None:
+def write_cxr_dicom(path: Path, pixels: np.ndarray, device: CxrDevice, header: StudyHeader) -> None:
     """Writes one DICOM file atomically (temp name in the same folder, then rename)."""
-    uids = {k: generate_uid(entropy_srcs=[*header.uid_entropy, k]) for k in ("study", "series", "sop")}
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(device.sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = uids["sop"]
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = uids["sop"]
-    ds.StudyInstanceUID = uids["study"]
-    ds.SeriesInstanceUID = uids["series"]
+    ds = base_dataset(header, device.sop_class_uid, device.modality, device.manufacturer, device.model)
+    set_instance_uid(ds, header, "sop")
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.StudyID = header.study_id
-    ds.AccessionNumber = header.study_id
-    ds.SeriesNumber = 1
     ds.InstanceNumber = 1
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = header.study_date.strftime("%Y%m%d")
-    ds.StudyTime = ds.SeriesTime = ds.ContentTime = header.study_time
     ds.StudyDescription = "CHEST PA"
-    ds.Modality = device.modality
-    ds.Manufacturer = device.manufacturer
-    ds.ManufacturerModelName = device.model
-    ds.InstitutionName = header.site
-    ds.PatientName = f"SYNTH^{header.patient_id}"
-    ds.PatientID = header.patient_id
-    ds.PatientBirthDate = header.birth_date.strftime("%Y%m%d")
-    ds.PatientSex = header.sex
-    ds.PatientAge = f"{header.age:03d}Y"
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = "PA"
     ds.PatientOrientation = ["L", "F"]  # PA: columns run to patient's left, rows to feet

@@ -16,9 +16,9 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from medfm.atomic import write_atomic, write_bytes_atomic
-from medfm.cohort.synth.cxr import CxrHeader
 from medfm.cohort.synth.devices import NamedDevice
-from medfm.cohort.synth.oct import EyeAnatomy, base_dataset, drusen_heights_mm, set_instance_uid
+from medfm.cohort.synth.dicom_header import StudyHeader, base_dataset, set_instance_uid
+from medfm.cohort.synth.oct import EyeAnatomy, drusen_heights_mm
 
 OPHTHALMIC_PHOTOGRAPHY_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
 DISC_OFFSET_MM = 4.2  # fovea to optic disc centre, nasal
@@ -157,7 +157,7 @@ def write_fundus_png(path: Path, pixels: np.ndarray) -> None:
     write_bytes_atomic(path, buf.getvalue(), durable=False)
 
 
-def write_fundus_dicom(path: Path, pixels: np.ndarray, camera: FundusCamera, header: CxrHeader,
+def write_fundus_dicom(path: Path, pixels: np.ndarray, camera: FundusCamera, header: StudyHeader,
                        laterality: str) -> None:
     """Writes one Ophthalmic Photography 8 Bit Image (RGB, interleaved)."""
     ds = base_dataset(header, OPHTHALMIC_PHOTOGRAPHY_8BIT, "OP", camera.manufacturer, camera.model,

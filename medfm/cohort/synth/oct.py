@@ -15,16 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from scipy.ndimage import gaussian_filter
 
 from medfm.atomic import write_bytes_atomic
-from medfm.cohort.synth.cxr import CxrHeader
 from medfm.cohort.synth.devices import NamedDevice
+from medfm.cohort.synth.dicom_header import StudyHeader, base_dataset, set_instance_uid
 
 OPHTHALMIC_TOMOGRAPHY = "1.2.840.10008.5.1.4.1.1.77.1.5.4"
 SCAN_WIDTH_MM = 6.0  # macular cube: 6 x 6 mm centred on the fovea
@@ -181,40 +180,7 @@ def to_stored_volume(refl: np.ndarray, device: OctDevice, rng: np.random.Generat
     return np.clip(y, 0, 255).astype(np.uint8)  # + 0.5 then truncation: rounds to nearest
 
 
-def base_dataset(header: CxrHeader, sop_class_uid: str, modality: str, manufacturer: str, model: str,
-                 series_key: str = "series") -> Dataset:
-    """Patient, study, series and equipment fields shared by the eye and CT writers."""
-    uids = {k: generate_uid(entropy_srcs=[*header.uid_entropy, k]) for k in ("study", series_key)}
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = UID(sop_class_uid)
-    ds.StudyInstanceUID = uids["study"]
-    ds.SeriesInstanceUID = uids[series_key]
-    ds.StudyID = header.study_id
-    ds.AccessionNumber = header.study_id
-    ds.SeriesNumber = 1
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = header.study_date.strftime("%Y%m%d")
-    ds.StudyTime = ds.SeriesTime = ds.ContentTime = header.study_time
-    ds.Modality = modality
-    ds.Manufacturer = manufacturer
-    ds.ManufacturerModelName = model
-    ds.InstitutionName = header.site
-    ds.PatientName = f"SYNTH^{header.patient_id}"
-    ds.PatientID = header.patient_id
-    ds.PatientBirthDate = header.birth_date.strftime("%Y%m%d")
-    ds.PatientSex = header.sex
-    ds.PatientAge = f"{header.age:03d}Y"
-    return ds
-
-
-def set_instance_uid(ds: Dataset, header: CxrHeader, key: str) -> None:
-    ds.SOPInstanceUID = generate_uid(entropy_srcs=[*header.uid_entropy, key])
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-
-
-def write_oct_dicom(path: Path, volume: np.ndarray, device: OctDevice, header: CxrHeader, laterality: str) -> None:
+def write_oct_dicom(path: Path, volume: np.ndarray, device: OctDevice, header: StudyHeader, laterality: str) -> None:
     """Writes one multi-frame Ophthalmic Tomography file (one frame per B-scan, superior first).
 
     PixelSpacing (axial, lateral) and the B-scan spacing (SliceThickness,
