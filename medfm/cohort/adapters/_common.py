@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from medfm.errors import MedfmReadError
+from medfm.errors import MedfmError, MedfmReadError
 
 UncertainPolicy = Literal["unknown", "positive", "negative"]
 """What a CheXpert-style uncertain label (-1) becomes: NaN, 1.0 or 0.0."""
@@ -50,19 +50,29 @@ def read_table(path: Path, columns: Iterable[str], dtype: dict[str, type] | None
     return table
 
 
-def chexpert_labels(values: pd.DataFrame, uncertain: UncertainPolicy) -> pd.DataFrame:
+# The 14 CheXpert-labeller findings, in the order CheXpert's own CSVs list them.
+CHEXPERT_LABELS: tuple[str, ...] = (
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
+    "Fracture", "Support Devices",
+)
+
+
+def chexpert_labels(table: pd.DataFrame, labels: Sequence[str], uncertain: UncertainPolicy,
+                    source: Path) -> pd.DataFrame:
     """Map CheXpert-labeller values 1 / 0 / -1 / blank to 1.0 / 0.0 / policy / NaN.
 
     Blank means "not mentioned in the report", which is not the same as absent, so it stays
-    NaN whatever the policy.
+    NaN whatever the policy. Columns come back in ``labels`` order, named in snake case.
 
     Raises:
-        ValueError: a value other than 1, 0, -1 or blank.
+        MedfmError: ``source`` holds a value other than 1, 0, -1 or blank.
     """
-    numeric = values.apply(pd.to_numeric, errors="coerce").astype(float)
+    numeric = table[list(labels)].apply(pd.to_numeric, errors="coerce").astype(float)
     bad = (numeric.notna() & ~numeric.isin([1.0, 0.0, -1.0])).to_numpy()
     if bad.any():
-        raise ValueError(f"unexpected label values {sorted(set(numeric.to_numpy()[bad].tolist()))}")
+        raise MedfmError(f"{source}: unexpected label values {sorted(set(numeric.to_numpy()[bad].tolist()))}")
+    numeric.columns = [snake_case(c) for c in labels]
     return numeric.replace(-1.0, _UNCERTAIN_VALUE[uncertain])
 
 

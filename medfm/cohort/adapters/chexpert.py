@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from medfm.cohort.adapters._common import (
+    CHEXPERT_LABELS,
     DatasetLayoutError,
     UncertainPolicy,
     chexpert_labels,
@@ -16,15 +17,9 @@ from medfm.cohort.adapters._common import (
     snake_case,
 )
 from medfm.config import Config
-from medfm.errors import MedfmError
 from medfm.keys import Modality
 from medfm.registry import ADAPTERS
 
-CHEXPERT_LABELS: tuple[str, ...] = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
-)
 _PATH_PATTERN = (r"(?:^|/)(?P<split>train|valid)/(?P<patient>patient\d+)/(?P<study>study\d+)"
                  r"/(?P<view>view(?P<n>\d+)_[^/]+)$")
 
@@ -116,11 +111,7 @@ class CheXpert:
         if parsed["patient"].isna().any():
             bad = table.loc[parsed["patient"].isna(), "Path"].iloc[0]
             raise DatasetLayoutError(path, f"Path {bad!r} is not <split>/patientNNNNN/studyN/viewN_<view>.jpg")
-        try:
-            labels = chexpert_labels(table[list(CHEXPERT_LABELS)], self.config.uncertain)
-        except ValueError as err:
-            raise MedfmError(f"{path}: {err}") from None
-        labels.columns = [snake_case(c) for c in CHEXPERT_LABELS]
+        labels = chexpert_labels(table, CHEXPERT_LABELS, self.config.uncertain, path)
         return pd.concat([
             table[["Sex", "Age", "Frontal/Lateral", "AP/PA"]],
             pd.DataFrame({

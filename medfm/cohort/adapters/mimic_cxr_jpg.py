@@ -8,23 +8,19 @@ import numpy as np
 import pandas as pd
 
 from medfm.cohort.adapters._common import (
+    CHEXPERT_LABELS,
     UncertainPolicy,
     chexpert_labels,
     find_table,
     first_by_preference,
     read_table,
-    snake_case,
 )
 from medfm.config import Config
-from medfm.errors import MedfmError
 from medfm.keys import Modality
 from medfm.registry import ADAPTERS
 
-CHEXPERT_LABELS: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
-    "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
-    "Pneumothorax", "Support Devices",
-)
+# MIMIC-CXR-JPG's label file lists the same findings alphabetically; its manifests keep that order.
+MIMIC_LABELS: tuple[str, ...] = tuple(sorted(CHEXPERT_LABELS))
 _PREFIX = "mimic-cxr-2.0.0-"
 
 
@@ -95,7 +91,7 @@ class MIMICCXRJPG:
                               ("dicom_id", "subject_id", "study_id", "ViewPosition", "StudyDate", "StudyTime"),
                               dtype={**ids, "StudyDate": str})
         labels_path = find_table(root, f"{_PREFIX}chexpert.csv")
-        labels = read_table(labels_path, ("subject_id", "study_id", *CHEXPERT_LABELS), dtype=ids)
+        labels = read_table(labels_path, ("subject_id", "study_id", *MIMIC_LABELS), dtype=ids)
         split = read_table(find_table(root, f"{_PREFIX}split.csv"), ("dicom_id", "split"), dtype=ids)
 
         rank = metadata["ViewPosition"].map({v: i for i, v in enumerate(self.config.views)})
@@ -104,11 +100,7 @@ class MIMICCXRJPG:
                                      ["StudyDate", "StudyTime", "dicom_id"])
         chosen = chosen.sort_values(["subject_id", "study_id"], kind="stable").reset_index(drop=True)
 
-        try:
-            values = chexpert_labels(labels[list(CHEXPERT_LABELS)], self.config.uncertain)
-        except ValueError as err:
-            raise MedfmError(f"{labels_path}: {err}") from None
-        values.columns = [snake_case(c) for c in CHEXPERT_LABELS]
+        values = chexpert_labels(labels, MIMIC_LABELS, self.config.uncertain, labels_path)
         values.index = labels["study_id"].to_numpy()
         values = values[~values.index.duplicated()]
 
