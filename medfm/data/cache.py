@@ -93,27 +93,30 @@ class PreprocessCache:
         known = self._digests.get(memo_key)
         if known is not None and known[0] == stats:
             return known[1]
+        indexed = sum(size for size, _ in stats) >= INDEX_MIN_BYTES  # small sets have no record
         names = "\n".join(os.path.abspath(s) for s in sources)  # no symlink resolution: no syscalls
         record_path = self.directory / "index" / f"{hashlib.sha256(names.encode()).hexdigest()}.json"
-        digest = None
-        try:
-            record = json.loads(record_path.read_text())
-            if [tuple(x) for x in record["stats"]] == stats:
-                digest = record["sha256"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        digest = self._recorded_digest(record_path, stats) if indexed else None
         if digest is None:
             hasher = hashlib.sha256()
             for source in sources:
                 _update_with_file(hasher, source)
             digest = hasher.hexdigest()
-            if sum(size for size, _ in stats) >= INDEX_MIN_BYTES:
+            if indexed:
                 record_path.parent.mkdir(parents=True, exist_ok=True)
                 # Not fsynced: a lost index record only costs one re-hash.
                 record = {"paths": names.split("\n"), "stats": stats, "sha256": digest}
                 write_text_atomic(record_path, json.dumps(record), durable=False)
         self._digests[memo_key] = (stats, digest)
         return digest
+
+    @staticmethod
+    def _recorded_digest(record_path: Path, stats: list[tuple[int, int]]) -> str | None:
+        try:
+            record = json.loads(record_path.read_text())
+            return record["sha256"] if [tuple(x) for x in record["stats"]] == stats else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
 
 def wfdb_record_files(record: Path) -> list[Path]:
