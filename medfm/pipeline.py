@@ -79,7 +79,6 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
     if plan.split not in set(split):
         raise ConfigError(files["plan"], "split", f"split {plan.split!r} not produced by the cohort's split spec")
 
-    torch.manual_seed(train_config.seed)
     if train_config.threads:
         torch.set_num_threads(train_config.threads)
     model = create_model(model_config, seed=train_config.seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -98,22 +99,28 @@ class MultimodalModel(nn.Module):
         Raises:
             CheckpointError: files missing, base model changed, or weights do not fit.
         """
-        directory = Path(directory)
-        for name in (CONFIG, WEIGHTS):
-            if not (directory / name).is_file():
-                raise CheckpointError(f"{directory / name}: checkpoint file missing")
-        meta = json.loads((directory / CONFIG).read_text())
+        meta = _read_checkpoint_meta(Path(directory))
         model = cls(ModelConfig.model_validate(meta["model"]))
-        if meta.get("reloaded_from_base", {}) != model._base_fingerprints():
+        return model.load_weights(directory, meta)
+
+    def load_weights(self, directory: str | Path, meta: dict | None = None) -> MultimodalModel:
+        """Load a checkpoint's weights into this model (e.g. to resume training); never unpickles.
+
+        Raises:
+            CheckpointError: files missing, base model changed, or weights do not fit.
+        """
+        directory = Path(directory)
+        meta = _read_checkpoint_meta(directory) if meta is None else meta
+        if meta.get("reloaded_from_base", {}) != self._base_fingerprints():
             raise CheckpointError(f"{directory}: the pretrained text model on this machine differs from the "
                                   "one this checkpoint was trained on (SHA-256 mismatch)")
         state = load_file(str(directory / WEIGHTS))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = set(missing) - model._reloadable_keys()
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = set(missing) - self._reloadable_keys()
         if missing or unexpected:
             raise CheckpointError(f"{directory / WEIGHTS}: weights do not fit the model "
                                   f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
-        return model
+        return self
 
     def _reloadable_keys(self) -> set[str]:
         keys = set()
@@ -140,9 +147,27 @@ def create_model(config: ModelConfig, seed: int | None = None) -> MultimodalMode
     return MultimodalModel(config)
 
 
+def _read_checkpoint_meta(directory: Path) -> dict:
+    for name in (CONFIG, WEIGHTS):
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{directory / name}: checkpoint file missing")
+    return json.loads((directory / CONFIG).read_text())
+
+
 def _sha256(path: Path) -> str:
+    """SHA-256 of a file, hashed once per process while its size and mtime stay the same.
+
+    Every checkpoint records the 90 MB base text model's hash; re-reading it at each
+    epoch's save would be wasted I/O.
+    """
+    stat = path.stat()
+    return _sha256_of_version(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of_version(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -44,8 +44,7 @@ def pretrain(model: MultimodalModel, samples: list[dict[str, Any]], config: Trai
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume and has_train_state(checkpoint_dir):
-        resumed = MultimodalModel.from_pretrained(checkpoint_dir)
-        model.load_state_dict(resumed.state_dict())
+        model.load_weights(checkpoint_dir)
         progress_state = load_train_state(checkpoint_dir, optimizer)
         start_epoch, history = progress_state["epoch"], progress_state["history"]
 
