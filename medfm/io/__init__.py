@@ -2,7 +2,9 @@
 
 Each reader raises a :class:`~medfm.errors.MedfmReadError` subclass from
 :mod:`medfm.io.errors` naming the file and the reason; none returns an array it could
-not trust. Image readers return :class:`~medfm.io.images.Image` (affine in LPS mm).
+not trust. Image readers return :class:`~medfm.io.images.Image` (affine in LPS mm); OCT vendor files
+(Heidelberg ``.vol``, Zeiss ``.img``; ``.e2e``/``.fds``/``.fda`` with the oct-vendor extra) are in
+:mod:`medfm.io.oct_vendor`.
 """
 
 from medfm.io.dicom import PATIENT_IDENTIFIER_FIELDS, RadiographImage, read_dicom_image, read_radiograph
@@ -11,6 +13,13 @@ from medfm.io.errors import CorruptFileError, EmptyFileError, UnsupportedFormatE
 from medfm.io.images import Image, read_photo, to_metatensor
 from medfm.io.inspect import detect_format, format_inspection, inspect_path
 from medfm.io.nifti import read_nifti
+from medfm.io.oct_vendor import (
+    oct_volume_to_image,
+    read_heidelberg_vol,
+    read_heidelberg_vol_slo,
+    read_oct_vendor,
+    read_zeiss_img,
+)
 from medfm.io.reports import read_report, split_report_sections
 from medfm.io.wfdb import ECGRecord, read_ecg
 
@@ -25,13 +34,18 @@ __all__ = [
     "detect_format",
     "format_inspection",
     "inspect_path",
+    "oct_volume_to_image",
     "read_dicom_image",
     "read_dicom_series",
     "read_ecg",
+    "read_heidelberg_vol",
+    "read_heidelberg_vol_slo",
     "read_nifti",
+    "read_oct_vendor",
     "read_photo",
     "read_radiograph",
     "read_report",
+    "read_zeiss_img",
     "split_report_sections",
     "to_metatensor",
 ]

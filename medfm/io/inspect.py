@@ -14,16 +14,26 @@ from medfm.io.dicom_series import read_dicom_series
 from medfm.io.errors import CorruptFileError, EmptyFileError, UnsupportedFormatError
 from medfm.io.images import Image, read_photo
 from medfm.io.nifti import read_nifti
+from medfm.io.oct_vendor import read_heidelberg_vol, read_oct_vendor, read_zeiss_img
 from medfm.keys import STANDARD_LEADS
 
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
-    (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),
+    (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"HSF-OCT-", "heidelberg_vol"),
 )
 _EXTENSIONS = {
     ".dcm": "dicom", ".dicom": "dicom", ".nii": "nifti", ".nii.gz": "nifti", ".png": "png", ".jpg": "jpeg",
     ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff", ".gif": "gif", ".hea": "wfdb",
+    # OCT vendor files: .vol also has a magic (above); a .vol without it reaches the reader, which says why.
+    ".vol": "heidelberg_vol", ".img": "zeiss_img", ".e2e": "heidelberg_e2e", ".fds": "topcon_fds",
+    ".fda": "topcon_fda",
 }
+# Formats read by medfm.io.oct_vendor, and the OCT-specific meta keys inspect_path reports for them.
+_OCT_VENDOR_FORMATS = ("heidelberg_vol", "zeiss_img", "heidelberg_e2e", "topcon_fds", "topcon_fda")
+_OCT_KEYS = ("format_version", "protocol", "scan_pattern", "laterality", "n_bscans", "slo_shape", "intensity",
+             "invalid_voxels", "slice_spacing_nominal", "slice_spacing_note", "spacing_nominal",
+             "spacing_nominal_axes", "bscans_flipped", "bscan_order", "geometry", "trailing_bytes",
+             "patient_identifier_fields")
 _LEADS_BY_LOWER = {lead.lower(): lead for lead in STANDARD_LEADS}
 
 
@@ -31,7 +41,9 @@ def detect_format(path: str | Path) -> str:
     """Format of a file by its content; the extension decides only when content is silent.
 
     Returns one of ``dicom``, ``dicom_series`` (a folder), ``nifti``, ``png``, ``jpeg``,
-    ``tiff``, ``gif``, ``wfdb`` (a ``.hea`` header, or a record path next to one).
+    ``tiff``, ``gif``, ``wfdb`` (a ``.hea`` header, or a record path next to one),
+    ``heidelberg_vol`` (``HSF-OCT`` magic, or ``.vol``), and by extension only ``zeiss_img``
+    (``.img``), ``heidelberg_e2e`` (``.e2e``), ``topcon_fds`` / ``topcon_fda``.
 
     Raises:
         EmptyFileError: zero-byte file or a folder with no DICOM file.
@@ -67,7 +79,8 @@ def detect_format(path: str | Path) -> str:
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
     if suffix in _EXTENSIONS:
         return _EXTENSIONS[suffix]
-    raise UnsupportedFormatError(path, "unknown format: no DICOM, NIfTI, PNG, JPEG, TIFF, GIF or WFDB signature")
+    raise UnsupportedFormatError(path, "unknown format: no DICOM, NIfTI, PNG, JPEG, TIFF, GIF, WFDB or OCT vendor "
+                                       "signature or extension")
 
 
 def inspect_path(path: str | Path) -> dict[str, Any]:
@@ -78,7 +91,9 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
     ``stored_dtype``, ``value_range`` (after rescale), ``transfer_syntax_uid``,
     ``photometric``, ``slice_warnings``; for ECG ``sampling_rate_hz``, ``duration_s``,
     ``lead_names``, ``standard_leads_present``; for DICOM ``patient_identifier_fields``:
-    the NAMES of identifying header fields that hold a value (never the values).
+    the NAMES of identifying header fields that hold a value (never the values); for OCT
+    vendor files ``scan_pattern``/``protocol``, ``laterality``, ``n_bscans`` and the other
+    keys in ``_OCT_KEYS`` (``patient_identifier_fields`` for ``.vol``: header field names).
 
     Raises:
         EmptyFileError, UnsupportedFormatError, CorruptFileError: as the readers do.
@@ -98,6 +113,8 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
         info.update(_image_summary(read_nifti(path)))
     elif fmt == "wfdb":
         info.update(_inspect_wfdb(path))
+    elif fmt in _OCT_VENDOR_FORMATS:
+        info.update(_inspect_oct_vendor(path, fmt))
     else:
         info.update(_image_summary(read_photo(path)))
     return info
@@ -112,6 +129,10 @@ def format_inspection(info: dict[str, Any]) -> str:
         ("transfer_syntax_uid", "transfer syntax"),
         ("sampling_rate_hz", "sampling rate (Hz)"), ("duration_s", "duration (s)"), ("lead_names", "leads"),
         ("standard_leads_present", "standard leads"), ("slice_warnings", "slice warnings"),
+        ("format_version", "format version"), ("protocol", "protocol"), ("scan_pattern", "scan pattern"),
+        ("laterality", "laterality"), ("n_bscans", "B-scans"), ("slo_shape", "SLO image"),
+        ("intensity", "intensity"), ("invalid_voxels", "invalid voxels (set to 0)"),
+        ("slice_spacing_note", "note"),
         ("patient_identifier_fields", "patient identifier fields present"),
     )
     lines = [info.get("path", "")]
@@ -120,10 +141,13 @@ def format_inspection(info: dict[str, Any]) -> str:
         if value is None or value is False or value == "" or value == []:
             continue
         if isinstance(value, list | tuple):
-            value = " x ".join(str(v) for v in value) if key in ("shape", "spacing") else ", ".join(map(str, value))
+            joiner = " x " if key in ("shape", "spacing", "slo_shape") else ", "
+            value = joiner.join(str(v) for v in value)
         lines.append(f"  {label}: {value}")
     if not info.get("spacing_known", True):
         lines.append("  note: pixel size not stored in the file (spacing 1.0 is a placeholder)")
+    if info.get("spacing_nominal"):
+        lines.append("  note: spacing is the scan protocol's nominal field size over the sample counts")
     return "\n".join(lines)
 
 
@@ -142,6 +166,14 @@ def _inspect_dicom(path: Path) -> dict[str, Any]:
     summary = _image_summary(image_from_dataset(ds, path))
     summary["stored_dtype"] = meta["stored_dtype"]
     info.update(summary)
+    return info
+
+
+def _inspect_oct_vendor(path: Path, fmt: str) -> dict[str, Any]:
+    readers = {"heidelberg_vol": read_heidelberg_vol, "zeiss_img": read_zeiss_img}
+    image = readers.get(fmt, read_oct_vendor)(path)
+    info = _image_summary(image)
+    info.update({key: image.meta[key] for key in _OCT_KEYS if key in image.meta})
     return info
 
 

@@ -70,6 +70,7 @@ def test_a_damaged_entry_is_recomputed_not_served(tmp_path):
     source.write_bytes(b"x")
     cache = PreprocessCache(tmp_path / "cache")
     cache.get_or_compute("cxr", [source], SPEC, Counter(torch.zeros(3)))
+    cache.flush()
     entry = cache.entry_path("cxr", [source], SPEC)
     entry.write_bytes(entry.read_bytes()[:10])
     compute = Counter(torch.zeros(3))
@@ -161,3 +162,45 @@ def test_two_processes_filling_the_same_entries_leave_valid_entries(tmp_path):
         assert value.shape == (256, 256) and value[0, 0] == i
     assert cache.misses == 0
     assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_first_sight_of_a_large_set_hashes_beside_the_decode_and_stores_under_the_content_key(tmp_path, monkeypatch):
+    monkeypatch.setattr("medfm.data.cache.INDEX_MIN_BYTES", 8)
+    sources = [tmp_path / f"slice{i}.dcm" for i in range(3)]
+    for i, source in enumerate(sources):
+        source.write_bytes(bytes([i]) * 64)
+    cache = PreprocessCache(tmp_path / "cache")
+    compute = Counter(torch.arange(4.0))
+    assert torch.equal(cache.get_or_compute("ct", sources, SPEC, compute), torch.arange(4.0))
+    cache.flush()
+    assert PreprocessCache(tmp_path / "cache").entry_path("ct", sources, SPEC).is_file()  # a fresh process agrees
+    assert len(list((tmp_path / "cache" / "index").iterdir())) == 1
+    fresh = PreprocessCache(tmp_path / "cache")
+    assert torch.equal(fresh.get_or_compute("ct", sources, SPEC, compute), torch.arange(4.0))
+    assert compute.calls == 1 and fresh.hits == 1
+
+
+def test_a_failing_decode_stores_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr("medfm.data.cache.INDEX_MIN_BYTES", 8)
+    source = tmp_path / "broken.dcm"
+    source.write_bytes(b"x" * 64)
+    cache = PreprocessCache(tmp_path / "cache")
+
+    def fail():
+        raise ValueError("cannot decode")
+
+    with pytest.raises(ValueError, match="cannot decode"):
+        cache.get_or_compute("ct", [source], SPEC, fail)
+    assert not (tmp_path / "cache" / "entries").exists()
+
+
+def test_changing_a_returned_tensor_in_place_does_not_change_the_entry(tmp_path):
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"pixels")
+    cache = PreprocessCache(tmp_path / "cache")
+    returned = cache.get_or_compute("cxr", [source], SPEC, Counter(torch.zeros(3)))
+    returned += 5  # e.g. an in-place augmentation
+    assert torch.equal(cache.get_or_compute("cxr", [source], SPEC, Counter(torch.ones(3))), torch.zeros(3))
+    cache.flush()
+    assert torch.equal(PreprocessCache(tmp_path / "cache").get_or_compute("cxr", [source], SPEC, Counter(None)),
+                       torch.zeros(3))

@@ -72,8 +72,9 @@ def test_real_nifti_png_and_compressed_dicom(realdata):
         assert text
 
 
-def test_real_heidelberg_vol_is_unsupported_and_empty_vol_is_empty(realdata):
-    with pytest.raises(UnsupportedFormatError, match="unknown format"):
-        inspect_path(realdata / "oct/heidelberg_Willis_B_716_0_linescan.vol")
+def test_real_heidelberg_vol_is_read_and_empty_vol_is_empty(realdata):
+    # .vol is read since medfm.io.oct_vendor exists (details in tests/io/test_oct_vendor.py)
+    info = inspect_path(realdata / "oct/heidelberg_Willis_B_716_0_linescan.vol")
+    assert info["format"] == "heidelberg_vol" and info["shape"] == [1, 1, 496, 768]
     with pytest.raises(EmptyFileError):
         inspect_path(realdata / "oct/heidelberg_invalid_empty.vol")
