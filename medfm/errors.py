@@ -38,3 +38,10 @@ class RegistryError(MedfmError):
 
 class CheckpointError(MedfmError):
     """A checkpoint directory is incomplete or does not match the model asked for."""
+
+
+class InputContractError(MedfmError):
+    """An input does not match what the model was trained on (shape, channels, length, leads).
+
+    The message names the modality and says what was expected and what was given.
+    """

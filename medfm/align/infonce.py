@@ -1,60 +1,103 @@
-"""Symmetric InfoNCE (CLIP) over every modality pair present in a batch."""
+"""Symmetric InfoNCE (CLIP) over modality pairs, with multi-positive targets and hard negatives.
+
+The softmax cross-entropy here (:func:`contrastive_cross_entropy`) is also GRAM's,
+which only changes how the scores are computed.
+"""
 
 from __future__ import annotations
 
-from itertools import combinations
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from medfm.align.config import LossConfig
+from medfm.align.pairs import SamePatient, modality_pairs, target_masks
+from medfm.errors import MedfmError
 from medfm.keys import Modality
 from medfm.registry import LOSSES
 
 
-def pairwise_infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
-                     groups: torch.Tensor | None = None) -> torch.Tensor:
+def contrastive_cross_entropy(logits: torch.Tensor, positives: torch.Tensor, valid: torch.Tensor,
+                              similarity: torch.Tensor | None = None, beta: float = 0.0) -> torch.Tensor:
+    """Multi-positive softmax cross-entropy of each row of ``logits``, averaged over rows.
+
+    For row i with positives P(i) and negatives N(i) (valid entries that are not positive)::
+
+        L_i = -1/|P(i)| Σ_{p∈P(i)} log( exp(l_ip) / (Σ_{j∈P(i)} exp(l_ij) + Σ_{j∈N(i)} w_ij exp(l_ij)) )
+
+    i.e. cross-entropy against the soft target that spreads mass 1/|P(i)| over the positives
+    (SupCon's "L_out", Khosla et al. 2020; multi-positive CLIP). With one positive it is plain
+    InfoNCE. Invalid entries are in neither sum.
+
+    Hard negatives (Robinson et al., ICLR 2021): ``w_ij = exp(β s_ij) / mean_{k∈N(i)} exp(β s_ik)``,
+    so negatives more similar to the query weigh more while the mean weight stays 1 (the
+    denominator keeps its scale). It is applied as ``l_ij + log w_ij`` in log space, for stability.
+    The weights are not detached, as in the paper's reference code.
+
+    Args:
+        logits: ``(n, m)`` scores.
+        positives: ``(n, m)`` bool, at least one per row.
+        valid: ``(n, m)`` bool, ``positives ⊆ valid``.
+        similarity: ``(n, m)`` the ``s_ij`` hard-negative weights use; needed when ``beta > 0``.
+        beta: hardness β ≥ 0; 0 skips the reweighting so results equal plain InfoNCE bit for bit.
+    """
+    negatives = valid & ~positives
+    if beta > 0:
+        if similarity is None:
+            raise MedfmError("hard-negative reweighting (beta > 0) needs the similarities s_ij")
+        has_negative = negatives.any(dim=1, keepdim=True)
+        scored = torch.where(negatives, beta * similarity, float("-inf"))
+        # Rows without negatives get a dummy finite row: their weight is never used, and an
+        # all -inf logsumexp would put NaN into the backward pass.
+        scored = torch.where(has_negative, scored, 0.0)
+        log_mean = torch.logsumexp(scored, dim=1, keepdim=True) - negatives.sum(1, keepdim=True).clamp(min=1).log()
+        logits = torch.where(negatives, logits + beta * similarity - log_mean, logits)
+    log_prob = torch.log_softmax(logits.masked_fill(~valid, float("-inf")), dim=1)
+    per_row = -torch.where(positives, log_prob, 0.0).sum(1) / positives.sum(1)
+    return per_row.mean()
+
+
+def symmetric_cross_entropy(logits: torch.Tensor, positives: torch.Tensor, valid: torch.Tensor,
+                            similarity: torch.Tensor | None = None, beta: float = 0.0) -> torch.Tensor:
+    """½ [rows → columns + columns → rows] of :func:`contrastive_cross_entropy` (CLIP's two directions)."""
+    sim_t = None if similarity is None else similarity.T
+    return 0.5 * (contrastive_cross_entropy(logits, positives, valid, similarity, beta)
+                  + contrastive_cross_entropy(logits.T, positives.T, valid.T, sim_t, beta))
+
+
+def pairwise_infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, groups: torch.Tensor | None = None,
+                     same_patient: SamePatient = "mask", hard_negatives: float = 0.0) -> torch.Tensor:
     """CLIP loss between row-aligned unit embeddings ``a[i] ↔ b[i]``.
 
-    L = ½ [CE(s·A·Bᵀ, I) + CE(s·B·Aᵀ, I)]. Rows with the same ``groups`` id (two
-    studies of one patient) are removed from each other's negatives, since they
-    are not truly different cases.
+    L = ½ [CE(s·A·Bᵀ) + CE(s·B·Aᵀ)] with the targets of :func:`~medfm.align.pairs.target_masks`:
+    rows sharing a ``groups`` id (two studies of one patient) are removed from each
+    other's negatives (``mask``) or made positives of each other (``positive``).
     """
-    logits = scale * a @ b.T
-    if groups is not None:
-        same = (groups[:, None] == groups[None, :]) & ~torch.eye(len(groups), dtype=torch.bool)
-        logits = logits.masked_fill(same, float("-inf"))
-    target = torch.arange(len(a))
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    cosine = a @ b.T
+    positives, valid = target_masks(groups, len(a), same_patient, a.device)
+    return symmetric_cross_entropy(scale * cosine, positives, valid, cosine, hard_negatives)
 
 
 @LOSSES.register("infonce")
 class SymmetricInfoNCE(nn.Module):
-    """Mean of :func:`pairwise_infonce` over all modality pairs with ≥ 2 shared samples.
+    """Mean of :func:`pairwise_infonce` over the selected modality pairs with ≥ 2 shared samples.
 
     A pair only uses the samples that have both modalities, so a patient without an
-    ECG still contributes to cxr–report and nothing absent is imputed.
+    ECG still contributes to cxr–report and nothing absent is imputed. No parameters:
+    the temperature is the model's ``logit_scale``, passed in as ``scale``.
     """
+
+    def __init__(self, config: LossConfig | None = None):
+        super().__init__()
+        # Default config: the training loop built losses without arguments before configs existed.
+        self.config = config if config is not None else LossConfig(name="infonce")
 
     def forward(self, embeddings: dict[Modality, torch.Tensor], masks: dict[Modality, torch.Tensor],
                 scale: torch.Tensor, groups: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        full = {m: _unpack(e, masks[m]) for m, e in embeddings.items()}
+        cfg = self.config
         losses, logs = [], {}
-        for x, y in combinations(sorted(full), 2):
-            both = masks[x] & masks[y]
-            if both.sum() < 2:
-                continue
-            loss = pairwise_infonce(full[x][both], full[y][both], scale,
-                                    None if groups is None else groups[both])
+        for pair in modality_pairs(embeddings, masks, groups, cfg.pairs, cfg.anchor):
+            loss = pairwise_infonce(pair.a, pair.b, scale, pair.groups, cfg.same_patient, cfg.hard_negatives)
             losses.append(loss)
-            logs[f"{x}-{y}"] = loss.item()
-        if not losses:
-            raise ValueError("no modality pair has two samples in this batch")
+            logs[pair.name] = loss.item()
         return torch.stack(losses).mean(), logs
-
-
-def _unpack(packed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    full = packed.new_zeros((len(mask), packed.shape[-1]))
-    full[mask] = packed
-    return full

@@ -185,6 +185,20 @@ class PreprocessCache:
             return None
 
 
+def source_files(modality: str, path: Path) -> list[Path]:
+    """Every file a study's tensor is computed from: the key of its cache entry.
+
+    A WFDB record is its header plus signal files; a folder (a DICOM series) is every
+    visible file in it, as the series reader sees it; anything else is the file itself.
+    """
+    path = Path(path)
+    if modality == "ecg":
+        return wfdb_record_files(path)
+    if path.is_dir():
+        return [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    return [path]
+
+
 def wfdb_record_files(record: Path) -> list[Path]:
     """The header and every signal file of a WFDB record (``record.hea``, ``record.dat``...).
 

@@ -20,19 +20,62 @@ from torch.utils.data import DataLoader, Dataset
 
 from medfm.atomic import write_json_atomic
 from medfm.cohort.manifest import Cohort
-from medfm.data.cache import PreprocessCache, wfdb_record_files
+from medfm.data.cache import PreprocessCache, source_files
 from medfm.errors import MedfmReadError
-from medfm.io import read_ecg, read_radiograph, read_report
+from medfm.io import (
+    Image,
+    UnsupportedFormatError,
+    detect_format,
+    read_dicom_image,
+    read_dicom_series,
+    read_ecg,
+    read_nifti,
+    read_oct_vendor,
+    read_photo,
+    read_radiograph,
+    read_report,
+)
 from medfm.keys import Field, Modality
 
 ErrorPolicy = Literal["raise", "skip"]
 Preprocess = Callable[[Any], Any]
+
+
+def _by_format(modality: Modality, readers: dict[str, Callable[[Path], Image]],
+               fallback: Callable[[Path], Image] | None = None) -> Callable[[Path], Image]:
+    """A reader that dispatches on the file's content (:func:`medfm.io.detect_format`), not its name.
+
+    ``fallback`` reads every format not listed (OCT vendor files, whose reader names the
+    formats it knows); without one an unlisted format is an ``UnsupportedFormatError``.
+    """
+
+    def read(path: Path) -> Image:
+        fmt = detect_format(path)
+        reader = readers.get(fmt, fallback)
+        if reader is None:
+            raise UnsupportedFormatError(path, f"{fmt} is not a {modality} format; expected one of "
+                                               f"{', '.join(sorted(readers))}")
+        return reader(path)
+
+    read.__name__ = f"read_{modality}"
+    return read
+
+
+_PHOTO_FORMATS = ("png", "jpeg", "tiff", "gif")
 
 # Reader per modality; a new modality adds one entry here.
 READERS: dict[Modality, Callable[[Path], Any]] = {
     Modality.CXR: read_radiograph,
     Modality.ECG: read_ecg,
     Modality.REPORT: read_report,
+    # DICOM Ophthalmic Tomography (multi-frame), NIfTI, or a vendor export (.vol, .img, ...).
+    Modality.OCT: _by_format(Modality.OCT, {"dicom": read_dicom_image, "nifti": read_nifti}, read_oct_vendor),
+    # DICOM Ophthalmic Photography, or a PNG/JPEG/TIFF/GIF photograph.
+    Modality.FUNDUS: _by_format(Modality.FUNDUS, {"dicom": read_dicom_image,
+                                                  **dict.fromkeys(_PHOTO_FORMATS, read_photo)}),
+    # A folder of single-slice DICOM files, one enhanced multi-frame CT file, or NIfTI.
+    Modality.CT: _by_format(Modality.CT, {"dicom_series": read_dicom_series, "dicom": read_dicom_image,
+                                          "nifti": read_nifti}),
 }
 
 
@@ -105,8 +148,8 @@ class CohortDataset(Dataset):
         spec = self.specs.get(modality)
         if self.cache is None or spec is None:
             return compute()
-        sources = wfdb_record_files(path) if modality == Modality.ECG else [path]
-        if not all(s.is_file() for s in sources):
+        sources = source_files(modality, path)
+        if not sources or not all(s.is_file() for s in sources):
             return compute()  # the reader raises the typed error naming the missing file
         return self.cache.get_or_compute(modality, sources, spec, compute)
 
@@ -128,6 +171,8 @@ def materialize(dataset: CohortDataset, workers: int | None = None, description:
             samples.append(sample)
             quarantine.extend(problems)
             progress.advance(task)
+    if dataset.cache is not None:
+        dataset.cache.flush()  # entries computed in this process (workers flush as they exit)
     return samples, quarantine
 
 

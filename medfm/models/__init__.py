@@ -3,7 +3,7 @@
 Importing this package registers the built-in encoders in ``ENCODERS``.
 """
 
-from medfm.models import ecg, text, vision  # noqa: F401  (registration side effects)
+from medfm.models import ecg, resnet, text, vision, volume  # noqa: F401  (registration side effects)
 from medfm.models.config import ModelConfig, load_model_config
 from medfm.models.multimodal import MultimodalModel, create_model
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import hashlib
 import json
 import math
+import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -16,13 +22,19 @@ from torch import nn
 
 from medfm import __version__
 from medfm.atomic import write_atomic, write_json_atomic
-from medfm.errors import CheckpointError
-from medfm.keys import Field, Modality
+from medfm.errors import CheckpointError, InputContractError
+from medfm.io.wfdb import ECGRecord
+from medfm.keys import STANDARD_LEADS, Field, Modality
 from medfm.models.config import ModelConfig, check_encoders
+from medfm.models.contract import check_contract, check_input_shape, expected_input_shape
 from medfm.registry import ENCODERS
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+ADAPTERS = "adapters"  # adapters/<modality>/adapter_model.safetensors + adapter_config.json (peft's format)
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+FORMAT = "medfm-checkpoint/2"
 
 
 class MultimodalModel(nn.Module):
@@ -52,7 +64,12 @@ class MultimodalModel(nn.Module):
         return self.logit_scale.clamp(max=math.log(100.0)).exp()
 
     def encode(self, modality: Modality, inputs: Any) -> torch.Tensor:
-        """Unit-norm embeddings ``(n, embed_dim)`` for a packed batch of one modality."""
+        """Unit-norm embeddings ``(n, embed_dim)`` for a packed batch of one modality.
+
+        Raises:
+            InputContractError: the batch does not match the input contract (see ``check_input``).
+        """
+        self.check_input(modality, inputs)
         features = self.encoders[modality](inputs)
         return F.normalize(self.projections[modality](features), dim=-1)
 
@@ -60,36 +77,105 @@ class MultimodalModel(nn.Module):
         """Embed every modality present in a collated batch (packed, see ``collate_samples``)."""
         return {m: self.encode(m, batch[m]) for m in self.modalities if m in batch[Field.MASK]}
 
+    def check_input(self, modality: Modality, inputs: Any) -> None:
+        """Refuse a batch the model was not trained on: wrong channels, image size or signal length.
+
+        Raises:
+            InputContractError: expected vs got, e.g. a 256x256 image for a model trained at
+                128, or a 5 s ECG for a 10 s model.
+        """
+        spec = self.input_spec(modality)
+        if spec is None:
+            if isinstance(inputs, str) or not all(isinstance(t, str) for t in inputs):
+                raise InputContractError(f"{modality}: expected a list of texts, got {type(inputs).__name__}")
+            return
+        if not isinstance(inputs, torch.Tensor):
+            raise InputContractError(f"{modality}: expected a tensor batch, got {type(inputs).__name__}")
+        check_input_shape(str(modality), spec, tuple(inputs.shape))
+
     def preprocess(self, modality: Modality, value: Any) -> Any:
-        """The input transform this model was trained with, for one reader output."""
+        """The input transform this model was trained with, for one reader output.
+
+        The transform is the encoder's own, built from the config stored in the
+        checkpoint (whose input contract ``from_pretrained`` has checked), so it is the one
+        used in training. Reader outputs that cannot be made to match are refused.
+
+        Raises:
+            InputContractError: an ECG with none of the model's leads, a colour image for a
+                one-channel model, or a transform output of the wrong shape.
+        """
         encoder = self.encoders[modality]
-        return encoder.preprocess(value) if hasattr(encoder, "preprocess") else value
+        spec = self.input_spec(modality)
+        if spec is None or not hasattr(encoder, "preprocess"):
+            return value
+        value = _conform_reader_output(str(modality), spec, value)
+        out = encoder.preprocess(value)
+        if isinstance(out, torch.Tensor):
+            check_input_shape(str(modality), spec, (1, *out.shape))
+        return out
 
     def input_spec(self, modality: Modality) -> dict | None:
         """The input contract of one modality's transform (None: nothing worth caching, e.g. text)."""
         encoder = self.encoders[modality]
         return encoder.input_spec() if hasattr(encoder, "input_spec") else None
 
+    def input_contract(self) -> dict[str, dict]:
+        """``{modality: input_spec}`` for every modality with a spec; stored in checkpoints."""
+        specs = {str(m): self.input_spec(m) for m in self.modalities}
+        return {m: spec for m, spec in specs.items() if spec is not None}
+
+    def merge_adapters(self) -> MultimodalModel:
+        """Merge every LoRA adapter into its base weights, so inference needs no peft; returns self."""
+        for encoder in self.encoders.values():
+            if hasattr(encoder, "merge_adapters"):
+                encoder.merge_adapters()
+        return self
+
+    @property
+    def merged(self) -> bool:
+        return any(getattr(encoder, "merged", False) for encoder in self.encoders.values())
+
     # -- checkpoints -------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` into ``directory`` atomically.
+    def save_pretrained(self, directory: str | Path, merged: bool = False) -> Path:
+        """Write a checkpoint folder; each file is written atomically.
 
-        Frozen weights of a pretrained text model are not copied: they are reloaded
-        from their local source, whose SHA-256 is recorded and checked on load.
+        Layout: ``model.safetensors`` (every weight except LoRA adapters and the frozen
+        pretrained text model), ``adapters/<modality>/`` (peft's
+        ``adapter_model.safetensors`` + ``adapter_config.json``, loadable by peft
+        itself) and ``config.json`` (model config, input contract, SHA-256 of the
+        pretrained text weights, ``merged``). Frozen weights of a pretrained text model
+        are not copied: they are reloaded from their local source, whose hash is checked
+        on load.
+
+        Args:
+            merged: write a copy of this model with LoRA merged into the text weights
+                (no adapters; the merged text weights are saved in full). This model is
+                left unmerged.
         """
+        if merged and not self.merged:
+            twin = copy.deepcopy(self).merge_adapters()
+            return twin.save_pretrained(directory)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         skipped = self._reloadable_keys()
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if k not in skipped}
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()
+                 if k not in skipped and "lora_" not in k}
         meta = {
-            "format": "medfm-checkpoint/1",
+            "format": FORMAT,
             "medfm_version": __version__,
             "model": self.config.resolved().model_dump(mode="json"),
+            "merged": self.merged,
+            "input_contract": self.input_contract(),
             "reloaded_from_base": self._base_fingerprints(),
         }
         write_atomic(directory / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
-        write_json_atomic(directory / CONFIG, meta)
+        adapters = self._adapter_encoders()
+        for modality, encoder in adapters.items():
+            _write_dir_atomic(directory / ADAPTERS / modality, encoder.save_adapter)
+        if not adapters and (directory / ADAPTERS).exists():
+            shutil.rmtree(directory / ADAPTERS)  # a merged checkpoint over an unmerged one: drop stale adapters
+        write_json_atomic(directory / CONFIG, meta)  # last: a complete config.json marks a complete checkpoint
         return directory
 
     @classmethod
@@ -97,30 +183,73 @@ class MultimodalModel(nn.Module):
         """Rebuild a model from a checkpoint folder; never unpickles.
 
         Raises:
-            CheckpointError: files missing, base model changed, or weights do not fit.
+            CheckpointError: files missing, base model changed, input contract changed,
+                or weights do not fit.
         """
         meta = _read_checkpoint_meta(Path(directory))
         model = cls(ModelConfig.model_validate(meta["model"]))
+        if meta.get("merged", False):
+            model.merge_adapters()
         return model.load_weights(directory, meta)
 
     def load_weights(self, directory: str | Path, meta: dict | None = None) -> MultimodalModel:
-        """Load a checkpoint's weights into this model (e.g. to resume training); never unpickles.
+        """Load a checkpoint's weights (and adapters) into this model, e.g. to resume training; never unpickles.
 
         Raises:
-            CheckpointError: files missing, base model changed, or weights do not fit.
+            CheckpointError: files missing, base model changed, input contract changed,
+                merged state differs, or weights do not fit.
         """
         directory = Path(directory)
         meta = _read_checkpoint_meta(directory) if meta is None else meta
+        if "input_contract" in meta:  # format 1 checkpoints predate the contract
+            check_contract(meta["input_contract"], self.input_contract(), str(directory / CONFIG))
+        if bool(meta.get("merged", False)) != self.merged:
+            raise CheckpointError(f"{directory / CONFIG}: checkpoint has merged={meta.get('merged', False)} "
+                                  f"adapters but this model has merged={self.merged}; use from_pretrained")
         if meta.get("reloaded_from_base", {}) != self._base_fingerprints():
             raise CheckpointError(f"{directory}: the pretrained text model on this machine differs from the "
                                   "one this checkpoint was trained on (SHA-256 mismatch)")
         state = load_file(str(directory / WEIGHTS))
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = set(missing) - self._reloadable_keys()
+        if meta.get("format") == FORMAT:
+            missing -= self._load_adapters(directory)
         if missing or unexpected:
             raise CheckpointError(f"{directory / WEIGHTS}: weights do not fit the model "
                                   f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
         return self
+
+    def _adapter_encoders(self) -> dict[str, nn.Module]:
+        return {str(m): e for m, e in self.encoders.items() if hasattr(e, "adapter_state") and not e.merged}
+
+    def _load_adapters(self, directory: Path) -> set[str]:
+        """Load each modality's peft adapter; returns the model's state-dict keys they filled."""
+        from peft import set_peft_model_state_dict
+
+        filled: set[str] = set()
+        for modality, encoder in self._adapter_encoders().items():
+            folder = directory / ADAPTERS / modality
+            for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+                if not (folder / name).is_file():
+                    raise CheckpointError(f"{folder / name}: adapter file missing")
+            stored = json.loads((folder / ADAPTER_CONFIG).read_text())
+            current = encoder.backbone.peft_config["default"].to_dict()
+            for key in ("r", "lora_alpha", "target_modules", "layers_to_transform"):
+                a, b = stored.get(key), current.get(key)
+                a, b = (sorted(a) if isinstance(a, list | set) else a), (sorted(b) if isinstance(b, list | set) else b)
+                if a != b:
+                    raise CheckpointError(f"{folder / ADAPTER_CONFIG}: {key} is {a!r} but the model config "
+                                          f"builds {b!r}")
+            weights = load_file(str(folder / ADAPTER_WEIGHTS))
+            expected = encoder.adapter_state()
+            if set(weights) != set(expected):
+                raise CheckpointError(f"{folder / ADAPTER_WEIGHTS}: adapter weights do not fit the model "
+                                      f"(missing {sorted(set(expected) - set(weights))[:3]}, "
+                                      f"unexpected {sorted(set(weights) - set(expected))[:3]})")
+            set_peft_model_state_dict(encoder.backbone, weights)
+            encoder.clear_prefix_cache()
+            filled |= {f"encoders.{modality}.{k}" for k, _ in encoder.named_parameters() if "lora_" in k}
+        return filled
 
     def _reloadable_keys(self) -> set[str]:
         keys = set()
@@ -130,14 +259,54 @@ class MultimodalModel(nn.Module):
         return keys
 
     def _base_fingerprints(self) -> dict[str, str]:
-        out = {}
-        for modality, encoder in self.encoders.items():
-            if getattr(encoder, "pretrained", False):
-                from medfm.models.text import text_model_path
+        from medfm.models.text import base_weights_sha256
 
-                weights = text_model_path(encoder.config.model) / "model.safetensors"
-                out[str(modality)] = _sha256(weights)
-        return out
+        return {str(m): base_weights_sha256(e.config.model) for m, e in self.encoders.items()
+                if getattr(e, "reloads_base", False)}
+
+
+def _conform_reader_output(modality: str, spec: dict, value: Any) -> Any:
+    """Make a reader output fit the contract where that is lossless, else refuse it.
+
+    An ECG must have at least one of the model's leads; a grey image stored as RGB
+    (identical channels) becomes one channel for a one-channel model, a true colour
+    image is refused rather than silently averaged.
+    """
+    if isinstance(value, ECGRecord):
+        if value.signal.shape[0] != len(STANDARD_LEADS) or not value.lead_mask.any():
+            raise InputContractError(f"{modality}: the model was trained on leads {', '.join(STANDARD_LEADS)}; "
+                                     f"this record has none of them ({int(value.lead_mask.sum())} of "
+                                     f"{len(STANDARD_LEADS)} present, signal shape {value.signal.shape})")
+        return value
+    array = getattr(value, "array", None)
+    shape = expected_input_shape(spec)
+    channels = shape[0] if shape else None
+    if isinstance(array, np.ndarray) and channels is not None and array.ndim >= 3 and array.shape[0] != channels:
+        if channels == 1 and all(np.array_equal(array[0], c) for c in array[1:]) and dataclasses.is_dataclass(value):
+            return dataclasses.replace(value, array=array[:1])
+        raise InputContractError(f"{modality}: the model was trained on {channels}-channel images, got "
+                                 f"{array.shape[0]} channels that differ from each other (a colour image)")
+    return value
+
+
+def _write_dir_atomic(target: Path, write: Any) -> None:
+    """``write(tmp_dir)`` into a fresh sibling folder, then swap it in for ``target``.
+
+    Readers see the old folder or the new one, except for the instant between the two
+    renames, when ``target`` is absent (loading then fails loudly, never half-written).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp = target.with_name(f".{target.name}.{tag}.tmp")
+    old = target.with_name(f".{target.name}.{tag}.old")
+    try:
+        write(tmp)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def create_model(config: ModelConfig, seed: int | None = None) -> MultimodalModel:

@@ -204,3 +204,14 @@ def test_changing_a_returned_tensor_in_place_does_not_change_the_entry(tmp_path)
     cache.flush()
     assert torch.equal(PreprocessCache(tmp_path / "cache").get_or_compute("cxr", [source], SPEC, Counter(None)),
                        torch.zeros(3))
+
+
+def test_a_series_folder_is_keyed_by_every_visible_file_in_it(tmp_path):
+    from medfm.data.cache import source_files
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for name in ("2.dcm", "1.dcm", ".DS_Store"):
+        (folder / name).write_bytes(b"x")
+    assert source_files("ct", folder) == [folder / "1.dcm", folder / "2.dcm"]
+    assert source_files("cxr", folder / "1.dcm") == [folder / "1.dcm"]
