@@ -41,8 +41,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true", help="train from scratch even if a checkpoint exists")
     run.set_defaults(func=_run)
 
+    pretrain = verbs.add_parser("pretrain", help="pretrain a pipeline's model on its train split "
+                                                 "(one process, or every rank under torchrun)")
+    pretrain.add_argument("pipeline", type=Path)
+    again = pretrain.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from the last checkpoint (step or epoch)")
+    again.add_argument("--fresh", action="store_true", help="discard an earlier training state and start over")
+    pretrain.set_defaults(func=_pretrain)
+
     inspect = verbs.add_parser("inspect", help="what a file or DICOM series folder holds (never patient identifiers)")
-    inspect.add_argument("path", type=Path, help="DICOM file or series folder, NIfTI, PNG/JPEG, WFDB .hea or record")
+    inspect.add_argument("path", type=Path, help="DICOM file or series folder, NIfTI, PNG/JPEG, WFDB .hea or record, "
+                         "OCT vendor file (.vol, .img, .e2e, .fds, .fda)")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(func=_inspect)
 
@@ -81,6 +90,19 @@ def _run(args: argparse.Namespace) -> int:
     report = Path(results["report_path"])
     shown = report.relative_to(Path.cwd()) if report.is_relative_to(Path.cwd()) else report
     console.print(f"report: [bold]{shown}[/]")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from medfm.pipeline import pretrain_pipeline
+
+    console = Console()
+    summary = pretrain_pipeline(args.pipeline, resume=args.resume, fresh=args.fresh, console=console)
+    if summary["rank"] == 0:
+        last = summary["history"][-1] if summary["history"] else {"loss": float("nan")}
+        console.print(f"pretrained {summary['steps']} steps on {summary['world_size']} process(es), "
+                      f"{summary['precision']}, final loss {last['loss']:.3f}, resumed from step "
+                      f"{summary['resumed_from_step']}  ·  checkpoint: [bold]{summary['checkpoint']}[/]")
     return 0
 
 

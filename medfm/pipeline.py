@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from medfm.cohort import Cohort, CohortConfig, assign_splits, check_near_duplica
 from medfm.config import Config, load_config, resolve_path
 from medfm.data.cache import PreprocessCache
 from medfm.data.dataset import CohortDataset, materialize, write_quarantine
-from medfm.errors import ConfigError
+from medfm.errors import CheckpointError, ConfigError
 from medfm.evaluation.metrics import auroc
 from medfm.evaluation.plan import load_plan
 from medfm.evaluation.report import render_html_report
@@ -28,7 +29,8 @@ from medfm.heads.zeroshot import ZeroShotClassifier
 from medfm.keys import Field, Modality
 from medfm.models import MultimodalModel, create_model, load_model_config
 from medfm.train import TrainConfig, pretrain
-from medfm.train.checkpoint import STATE_JSON
+from medfm.train.checkpoint import STATE_JSON, has_train_state
+from medfm.train.distributed import DistContext, barrier, init_distributed, shutdown_distributed
 
 
 class PipelineConfig(Config):
@@ -43,6 +45,79 @@ class PipelineConfig(Config):
     cache_dir: str | None = None  # preprocessed tensors; default <output_dir>/cache
 
 
+@dataclass
+class PreparedRun:
+    """What every stage after the split needs: configs, the cohort with its split column, the output folder."""
+
+    path: Path
+    pipeline: PipelineConfig
+    files: dict[str, Path]
+    out: Path
+    model_config: Any
+    train_config: TrainConfig
+    cohort: Cohort
+    table: pd.DataFrame
+
+
+def prepare_run(path: str | Path, console: Console, ctx: DistContext | None = None) -> PreparedRun:
+    """Load the configs, synthesize the cohort if it is synthetic, split it and check leakage.
+
+    Under torchrun rank 0 alone synthesizes and writes files; the other ranks wait for it
+    and then read the same cohort, so every rank gets the same split.
+    """
+    ctx = ctx or DistContext()
+    path = Path(path)
+    pipeline = load_config(path, PipelineConfig)
+    files = {key: resolve_path(path, key, getattr(pipeline, key)) for key in ("cohort", "model", "train", "plan")}
+    out = resolve_path(path, "output_dir", pipeline.output_dir, must_exist=False).resolve()
+    model_config = load_model_config(files["model"])
+    train_config = load_config(files["train"], TrainConfig)
+    cohort_config = load_cohort(files["cohort"], require_manifest=False)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        synthesize_if_needed(files["cohort"], cohort_config, console)
+    barrier(ctx)
+    cohort = load_cohort(files["cohort"])
+    split = assign_splits(cohort.table, cohort_config.split, cohort_config.patient_column, cohort_config.labels)
+    table = cohort.table.assign(split=split)
+    if ctx.is_main:
+        _write_csv(table[[cohort_config.study_column, cohort_config.patient_column, "split"]], out / "splits.csv")
+    if cohort_config.near_duplicates is not None:
+        spec = cohort_config.near_duplicates
+        check_near_duplicate_leakage(table, spec.column, cohort.root, max_distance=spec.max_distance,
+                                     study_column=cohort_config.study_column)
+    if train_config.threads:
+        torch.set_num_threads(train_config.threads)
+    return PreparedRun(path, pipeline, files, out, model_config, train_config, cohort, table)
+
+
+def read_split_samples(run: PreparedRun, model: MultimodalModel, names: list[str], console: Console,
+                       ctx: DistContext | None = None) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """Preprocessed samples of each named split (through the shared on-disk cache); writes the quarantine.
+
+    Returns:
+        Samples per split and the number of quarantined files.
+    """
+    ctx = ctx or DistContext()
+    preprocess = {m: (lambda value, m=m: model.preprocess(m, value)) for m in model.modalities}
+    specs = {m: model.input_spec(m) for m in model.modalities}
+    cache_dir = run.out / "cache" if run.pipeline.cache_dir is None else resolve_path(
+        run.path, "cache_dir", run.pipeline.cache_dir, must_exist=False)
+    cache = PreprocessCache(cache_dir)
+    samples, quarantine = {}, []
+    for name in dict.fromkeys(names):
+        rows = run.table.index[run.table["split"] == name].tolist()
+        dataset = CohortDataset(run.cohort, rows, preprocess, on_error=run.train_config.on_error, cache=cache,
+                                specs=specs)
+        samples[name], skipped = materialize(dataset, description=f"reading {name} studies")
+        quarantine += skipped
+    if ctx.is_main:
+        write_quarantine(quarantine, run.out / "quarantine.json")
+        if quarantine:
+            console.print(f"[yellow]{len(quarantine)} file(s) quarantined, see {run.out / 'quarantine.json'}")
+    return samples, len(quarantine)
+
+
 def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None = None) -> dict[str, Any]:
     """Run every stage of a pipeline; returns the results also written to ``results.json``.
 
@@ -53,57 +128,23 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
     """
     console = console or Console()
     started = time.perf_counter()
-    path = Path(path)
-    pipeline = load_config(path, PipelineConfig)
-    files = {key: resolve_path(path, key, getattr(pipeline, key)) for key in ("cohort", "model", "train", "plan")}
-    out = resolve_path(path, "output_dir", pipeline.output_dir, must_exist=False).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    model_config = load_model_config(files["model"])
-    train_config = load_config(files["train"], TrainConfig)
-    plan, prompt_sets = load_plan(files["plan"])
-    cohort_config = load_cohort(files["cohort"], require_manifest=False)
     timing: dict[str, float] = {}
-
     tick = time.perf_counter()
-    synthesize_if_needed(files["cohort"], cohort_config, console)
+    run = prepare_run(path, console)
     timing["synth_s"] = time.perf_counter() - tick
-    cohort = load_cohort(files["cohort"])
+    plan, prompt_sets = load_plan(run.files["plan"])
+    if plan.split not in set(run.table["split"]):
+        raise ConfigError(run.files["plan"], "split", f"split {plan.split!r} not produced by the cohort's split spec")
 
-    split = assign_splits(cohort.table, cohort_config.split, cohort_config.patient_column, cohort_config.labels)
-    table = cohort.table.assign(split=split)
-    _write_csv(table[[cohort_config.study_column, cohort_config.patient_column, "split"]], out / "splits.csv")
-    if cohort_config.near_duplicates is not None:
-        spec = cohort_config.near_duplicates
-        check_near_duplicate_leakage(table, spec.column, cohort.root, max_distance=spec.max_distance,
-                                     study_column=cohort_config.study_column)
-    if plan.split not in set(split):
-        raise ConfigError(files["plan"], "split", f"split {plan.split!r} not produced by the cohort's split spec")
-
-    if train_config.threads:
-        torch.set_num_threads(train_config.threads)
-    model = create_model(model_config, seed=train_config.seed)
-    preprocess = {m: (lambda value, m=m: model.preprocess(m, value)) for m in model.modalities}
-    specs = {m: model.input_spec(m) for m in model.modalities}
-    cache_dir = out / "cache" if pipeline.cache_dir is None else resolve_path(path, "cache_dir", pipeline.cache_dir,
-                                                                                 must_exist=False)
-    cache = PreprocessCache(cache_dir)
-
+    model = create_model(run.model_config, seed=run.train_config.seed)
     tick = time.perf_counter()
-    samples, quarantine = {}, []
-    for name in dict.fromkeys(["train", plan.split]):
-        rows = table.index[table["split"] == name].tolist()
-        dataset = CohortDataset(cohort, rows, preprocess, on_error=train_config.on_error, cache=cache, specs=specs)
-        samples[name], skipped = materialize(dataset, description=f"reading {name} studies")
-        quarantine += skipped
-    write_quarantine(quarantine, out / "quarantine.json")
-    if quarantine:
-        console.print(f"[yellow]{len(quarantine)} file(s) quarantined, see {out / 'quarantine.json'}")
+    samples, quarantined = read_split_samples(run, model, ["train", plan.split], console)
     timing["read_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    checkpoint = out / "checkpoint"
-    resume = not fresh and _same_training(checkpoint, model_config, train_config)
-    summary = pretrain(model, samples["train"], train_config, checkpoint, resume=resume)
+    checkpoint = run.out / "checkpoint"
+    resume = not fresh and _same_training(checkpoint, run.model_config, run.train_config)
+    summary = pretrain(model, samples["train"], run.train_config, checkpoint, resume=resume)
     timing["pretrain_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -116,22 +157,54 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
         zero_shot.setdefault(task["modality"], {})[task["finding"]] = task
     zero_shot["macro_auroc"] = float(np.nanmean([t["auroc"] for t in tasks]))
     results = {
-        "pipeline": pipeline.name,
+        "pipeline": run.pipeline.name,
         "medfm_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "plan": {"name": plan.name, "version": plan.version, "split": plan.split},
-        "cohort": _cohort_summary(cohort, table, len(quarantine)),
+        "cohort": _cohort_summary(run.cohort, run.table, quarantined),
         "pretrain": summary,
         "checkpoint": str(checkpoint),
         "zero_shot": zero_shot,
         "zero_shot_tasks": tasks,
         "timing": timing,
-        "inputs": {_shown(p): _sha256(p) for p in [path, *files.values()]},
+        "inputs": {_shown(p): _sha256(p) for p in [run.path, *run.files.values()]},
     }
-    _write_json(results, out / "results.json")
-    report = render_html_report(results, out / "report.html")
+    _write_json(results, run.out / "results.json")
+    report = render_html_report(results, run.out / "report.html")
     results["report_path"] = str(report)
     return results
+
+
+def pretrain_pipeline(path: str | Path, resume: bool = False, fresh: bool = False,
+                      console: Console | None = None) -> dict[str, Any]:
+    """Only the pretraining stage of a pipeline: one process, or every rank under torchrun.
+
+    Writes the checkpoint into ``<output_dir>/checkpoint``. An existing training state
+    is never silently reused or overwritten: ``resume`` continues it (it must come from
+    the same model and training config), ``fresh`` starts over.
+
+    Raises:
+        CheckpointError: a state exists and neither flag was given, or it belongs to another config.
+    """
+    console = console or Console()
+    ctx = init_distributed()
+    try:
+        run = prepare_run(path, console, ctx)
+        checkpoint = run.out / "checkpoint"
+        if has_train_state(checkpoint) and not fresh:
+            if not resume:
+                raise CheckpointError(f"{checkpoint}: holds an earlier run's training state; "
+                                      "pass --resume to continue it or --fresh to start over")
+            if not _same_training(checkpoint, run.model_config, run.train_config):
+                raise CheckpointError(f"{checkpoint}: training state is from another model or training config; "
+                                      "pass --fresh to start over")
+        model = create_model(run.model_config, seed=run.train_config.seed)
+        samples, _ = read_split_samples(run, model, ["train"], console, ctx)
+        summary = pretrain(model, samples["train"], run.train_config, checkpoint, resume=resume and not fresh,
+                           dist_ctx=ctx)
+        return {**summary, "checkpoint": str(checkpoint), "rank": ctx.rank}
+    finally:
+        shutdown_distributed(ctx)
 
 
 def synthesize_if_needed(cohort_path: Path, config: CohortConfig, console: Console) -> None:

@@ -50,3 +50,18 @@ def test_inspect_unsupported_file_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "notes.xyz")]) == 2
     err = capsys.readouterr().err
     assert "notes.xyz" in err and "Traceback" not in err
+
+
+def test_pretrain_refuses_to_reuse_a_state_silently_and_resumes_when_asked(tmp_path, capsys):
+    from tests.train.test_distributed import write_tiny_pipeline
+
+    pipeline = write_tiny_pipeline(tmp_path, patients=12)
+    assert main(["pretrain", str(pipeline)]) == 0
+    log = (tmp_path / "out/checkpoint/train_log.jsonl").read_text().splitlines()
+    assert len(log) >= 2 and "pretrained" in capsys.readouterr().out
+    assert main(["pretrain", str(pipeline)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["pretrain", str(pipeline), "--resume"]) == 0  # finished: nothing left, weights unchanged
+    assert "resumed from step" in capsys.readouterr().out
+    assert (tmp_path / "out/checkpoint/train_log.jsonl").read_text().splitlines() == log
+    assert main(["pretrain", str(pipeline), "--fresh"]) == 0

@@ -328,8 +328,8 @@ class HFTextEncoder(nn.Module):
         else:
             prefixes = self._frozen_prefix(texts)
             hidden = pad_sequence(prefixes, batch_first=True)
-            lengths = torch.tensor([len(p) for p in prefixes])
-            mask = (torch.arange(hidden.shape[1])[None] < lengths[:, None]).long()
+            lengths = torch.tensor([len(p) for p in prefixes], device=hidden.device)
+            mask = (torch.arange(hidden.shape[1], device=hidden.device)[None] < lengths[:, None]).long()
             hidden = self._run_layers(hidden, mask, self.first_tuned_layer, None)
         return pool(hidden, mask, self.pooling)
 
@@ -371,7 +371,8 @@ class HFTextEncoder(nn.Module):
                                 max_length=self.config.max_length, return_tensors="pt")
         # Decoders get no token types: GPT-2 would embed them with its word embeddings.
         keep = ("input_ids", "attention_mask") if self.causal else ("input_ids", "attention_mask", "token_type_ids")
-        return {k: v for k, v in tokens.items() if k in keep}
+        device = next(self.transformer.parameters()).device  # the tokenizer always answers on the CPU
+        return {k: v.to(device) for k, v in tokens.items() if k in keep}
 
     def _run_layers(self, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
         model = self.transformer

@@ -1,4 +1,4 @@
-"""Training state (optimizer moments, epoch) as safetensors + JSON, never pickle."""
+"""Training state (optimizer moments, loss parameters, counters) as safetensors + JSON, never pickle."""
 
 from __future__ import annotations
 
@@ -14,34 +14,65 @@ from medfm.errors import CheckpointError
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
+OPTIMIZER_PREFIX = "optim."
+LOSS_PREFIX = "loss."
 
 
-def save_train_state(directory: Path, optimizer: torch.optim.Optimizer, progress: dict[str, Any]) -> None:
-    """Write the optimizer's tensors and the loop's counters next to the model weights."""
+def save_train_state(directory: Path, optimizer: torch.optim.Optimizer, progress: dict[str, Any],
+                     loss_state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the optimizer's tensors, the loss's own state and the loop's counters.
+
+    Args:
+        loss_state: ``loss_fn.state_dict()``; a loss with learnable parameters (a
+            SigLIP bias) must resume with them, the model checkpoint does not hold them.
+    """
     state = optimizer.state_dict()
-    tensors = {f"{index}.{name}": value.detach().contiguous()
+    tensors = {f"{OPTIMIZER_PREFIX}{index}.{name}": value.detach().cpu().contiguous()
                for index, slots in state["state"].items() for name, value in slots.items()
                if isinstance(value, torch.Tensor)}
+    tensors |= {f"{LOSS_PREFIX}{name}": value.detach().cpu().contiguous()
+                for name, value in (loss_state or {}).items()}
     record = {"param_groups": state["param_groups"], "progress": progress}
-    # Tensors first, counters last: the JSON's epoch never runs ahead of the moments.
+    # Tensors first, counters last: the JSON's step never runs ahead of the moments.
     write_atomic(directory / STATE_TENSORS, lambda tmp: save_file(tensors, str(tmp)))
     write_json_atomic(directory / STATE_JSON, record)
 
 
-def load_train_state(directory: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore the optimizer from :func:`save_train_state`; returns the loop's counters."""
+def load_train_state(directory: Path, optimizer: torch.optim.Optimizer,
+                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore the optimizer from :func:`save_train_state`.
+
+    Returns:
+        The loop's counters and the loss's state dict (for ``loss_fn.load_state_dict``).
+
+    Raises:
+        CheckpointError: the files are unreadable or do not fit the optimizer.
+    """
     try:
         record = json.loads((directory / STATE_JSON).read_text())
         tensors = load_file(str(directory / STATE_TENSORS))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{directory}: training state unreadable ({err})") from None
     state: dict[int, dict[str, torch.Tensor]] = {}
+    loss_state: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
-        index, name = key.split(".", 1)
+        if key.startswith(LOSS_PREFIX):
+            loss_state[key[len(LOSS_PREFIX):]] = value
+            continue
+        index, name = key.removeprefix(OPTIMIZER_PREFIX).split(".", 1)
         state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": record["param_groups"]})
-    return record["progress"]
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": record["param_groups"]})
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{directory / STATE_JSON}: optimizer state does not fit this model ({err})") from None
+    return record["progress"], loss_state
 
 
 def has_train_state(directory: Path) -> bool:
     return (directory / STATE_JSON).is_file() and (directory / STATE_TENSORS).is_file()
+
+
+def remove_train_state(directory: Path) -> None:
+    """Forget an earlier run's counters, so a fresh run killed early never resumes into it."""
+    for name in (STATE_JSON, STATE_TENSORS):
+        (directory / name).unlink(missing_ok=True)

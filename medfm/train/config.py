@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from medfm.align.config import LossConfig
 from medfm.config import Config
 
 
@@ -17,10 +18,26 @@ class TrainConfig(Config):
         text_lr: peak learning rate of the LoRA adapters (a pretrained model moves less).
         warmup_fraction: share of all steps spent ramping the rate up linearly;
             the rest follows a cosine to zero.
-        mask_same_patient: drop two studies of one patient from each other's negatives.
+        loss: the contrastive objective and its options (``medfm.align.LossConfig``); a bare
+            name such as ``infonce`` is short for ``{name: infonce}``.
+        mask_same_patient: tell the loss which samples share a patient, so that two studies
+            of one patient are never each other's negatives (``loss.same_patient`` says
+            whether they are masked or positives); False: they are ordinary negatives.
         on_error: what a dataset does with an unreadable file (``skip`` quarantines it).
         balance_by: label or metadata keys (e.g. ``[site]``) whose groups are drawn equally
             often, with replacement; empty: every sample once per epoch, shuffled.
+        batch_size: samples per process; under torchrun the contrastive batch (the
+            negatives each sample sees) is ``batch_size × world size``.
+        accumulate: micro-batches summed into one optimizer step. Not equivalent to a
+            larger batch for a contrastive loss (negatives come only from one
+            micro-batch); ``grad_cache_chunk`` is the exact alternative.
+        grad_cache_chunk: embed the batch in chunks of this many samples per process
+            with gradient caching, so a large contrastive batch fits in memory with
+            the same gradients; None: one forward pass over the whole batch.
+        precision: ``auto`` takes bf16 only where the hardware computes it natively
+            (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32.
+        checkpoint_every_steps: also checkpoint every N optimizer steps (a checkpoint
+            is always written at the end of each epoch); None: epoch ends only.
     """
 
     epochs: int = Field(10, ge=1)
@@ -32,7 +49,16 @@ class TrainConfig(Config):
     grad_clip: float = Field(1.0, gt=0)
     seed: int = 0
     threads: int | None = Field(None, ge=1)
-    loss: str = "infonce"
+    loss: LossConfig = LossConfig()
     mask_same_patient: bool = True
     on_error: Literal["raise", "skip"] = "skip"
     balance_by: list[str] = []
+    accumulate: int = Field(1, ge=1)
+    grad_cache_chunk: int | None = Field(None, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_by_name(cls, value: object) -> object:
+        return {"name": value} if isinstance(value, str) else value
