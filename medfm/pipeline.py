@@ -25,6 +25,7 @@ from medfm.errors import CheckpointError, ConfigError
 from medfm.evaluation.metrics import auroc
 from medfm.evaluation.plan import load_plan
 from medfm.evaluation.report import render_html_report
+from medfm.evaluation.retrieval import cross_modal_retrieval
 from medfm.heads.zeroshot import ZeroShotClassifier
 from medfm.keys import Field, Modality
 from medfm.models import MultimodalModel, create_model, load_model_config
@@ -149,6 +150,7 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
 
     tick = time.perf_counter()
     tasks = evaluate_zero_shot(model, samples[plan.split], plan, prompt_sets)
+    retrieval = evaluate_retrieval(model, samples[plan.split])
     timing["zero_shot_s"] = time.perf_counter() - tick
     timing["total_s"] = time.perf_counter() - started
 
@@ -166,6 +168,7 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
         "checkpoint": str(checkpoint),
         "zero_shot": zero_shot,
         "zero_shot_tasks": tasks,
+        "retrieval": retrieval,
         "timing": timing,
         "inputs": {_shown(p): _sha256(p) for p in [run.path, *run.files.values()]},
     }
@@ -241,14 +244,18 @@ def embed_samples(model: MultimodalModel, samples: list[dict[str, Any]], modalit
 
 def evaluate_zero_shot(model: MultimodalModel, samples: list[dict[str, Any]], plan, prompt_sets) -> list[dict]:
     """Ensemble and single-prompt AUROC per task, overall and per acquisition device."""
-    classifier = ZeroShotClassifier(model, [prompt_sets[t.finding] for t in plan.tasks]).fit()
+    # One column per distinct finding: a finding read from two modalities (drusen on OCT
+    # and on fundus photos) shares its prompt embeddings.
+    unique = {prompt_sets[t.finding].finding: prompt_sets[t.finding] for t in plan.tasks}
+    classifier = ZeroShotClassifier(model, list(unique.values())).fit()
     embedded = {m: embed_samples(model, samples, m) for m in {t.modality for t in plan.tasks}}
     tasks = []
-    for j, task in enumerate(plan.tasks):
+    for task in plan.tasks:
+        finding = prompt_sets[task.finding].finding
         x, index = embedded[task.modality]
         labels = np.array([samples[i][Field.LABEL][task.label] for i in index])
-        scores = classifier.decision_function(x)[:, j]
-        single = {text: auroc(labels, s) for text, s in classifier.single_prompt_scores(x, task.finding).items()}
+        scores = classifier.decision_function(x)[:, classifier.findings_.index(finding)]
+        single = {text: auroc(labels, s) for text, s in classifier.single_prompt_scores(x, finding).items()}
         values = np.array(list(single.values()))
         devices = np.array([str(samples[i][Field.META].get(f"{task.modality}_device")) for i in index])
         tasks.append({
@@ -256,13 +263,42 @@ def evaluate_zero_shot(model: MultimodalModel, samples: list[dict[str, Any]], pl
             "auroc": auroc(labels, scores),
             "n_positive": int((labels == 1).sum()), "n_negative": int((labels == 0).sum()),
             "prompt_set_version": prompt_sets[task.finding].version,
-            "prompt_auroc": {"min": float(np.nanmin(values)), "median": float(np.nanmedian(values)),
-                             "max": float(np.nanmax(values)), "per_prompt": single},
+            "prompt_auroc": {**_spread(values), "per_prompt": single},
             "by_device": {d: {"n": int((devices == d).sum()), "auroc": auroc(labels[devices == d],
                                                                           scores[devices == d])}
                           for d in sorted(set(devices))},
         })
     return tasks
+
+
+def _spread(values: np.ndarray) -> dict[str, float]:
+    """Min, median and max of the defined values (NaN when none is: a split with one class)."""
+    defined = values[np.isfinite(values)]
+    if not defined.size:
+        return {"min": float("nan"), "median": float("nan"), "max": float("nan")}
+    return {"min": float(defined.min()), "median": float(np.median(defined)), "max": float(defined.max())}
+
+
+@torch.no_grad()
+def evaluate_retrieval(model: MultimodalModel, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Image→report and report→image recall@1/5/10 per image modality, over the studies with both.
+
+    The gallery is every such study of the split; only the study's own report (or image)
+    counts as found, so another study of the same patient is a miss.
+    """
+    if Modality.REPORT not in model.modalities:
+        return {}
+    out = {}
+    for modality in model.modalities:
+        if modality == Modality.REPORT:
+            continue
+        both = [s for s in samples if modality in s and Modality.REPORT in s]
+        if len(both) < 2:
+            continue
+        image, _ = embed_samples(model, both, modality)
+        report, _ = embed_samples(model, both, Modality.REPORT)
+        out[str(modality)] = cross_modal_retrieval(image, report)
+    return out
 
 
 def _same_training(checkpoint: Path, model_config, train_config: TrainConfig) -> bool:

@@ -26,7 +26,8 @@ def tiny_run(tmp_path_factory):
 
 def test_outputs_hold_what_the_demo_promises(tiny_run):
     results = json.loads((tiny_run / "out/results.json").read_text())
-    expected = {"cxr": ["cardiomegaly", "pleural_effusion"], "ecg": ["atrial_fibrillation", "lvh"]}
+    expected = {"cxr": ["cardiomegaly", "pleural_effusion"], "ecg": ["atrial_fibrillation", "lvh"],
+                "oct": ["drusen", "intraretinal_fluid"], "fundus": ["drusen", "haemorrhage"], "ct": ["lung_nodule"]}
     for modality, findings in expected.items():
         for finding in findings:
             task = results["zero_shot"][modality][finding]
@@ -34,10 +35,14 @@ def test_outputs_hold_what_the_demo_promises(tiny_run):
             assert len(task["prompt_auroc"]["per_prompt"]) == 8
             assert task["n_positive"] + task["n_negative"] > 0
     assert "macro_auroc" in results["zero_shot"]
+    assert set(results["retrieval"]) == {"cxr", "ecg", "oct", "fundus", "ct"}  # every image modality vs report
+    for directions in results["retrieval"].values():
+        for recall in directions.values():
+            assert recall["n"] >= 2 and 0 <= recall["recall@1"] <= recall["recall@5"] <= recall["recall@10"] <= 1
     assert results["timing"]["total_s"] > 0
     assert results["pretrain"]["epochs"] == 2 and len(results["pretrain"]["history"]) == 2
     html = (tiny_run / "out/report.html").read_text()
-    assert "pleural_effusion" in html and "Macro AUROC" in html
+    assert "pleural_effusion" in html and "Macro AUROC" in html and "Cross-modal retrieval" in html
 
 
 def test_splits_keep_patients_apart_and_cover_the_cohort(tiny_run):
