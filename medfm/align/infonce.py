@@ -64,17 +64,93 @@ def symmetric_cross_entropy(logits: torch.Tensor, positives: torch.Tensor, valid
                   + contrastive_cross_entropy(logits.T, positives.T, valid.T, sim_t, beta))
 
 
+# Rows of the n × n score matrix held at once by the blockwise loss: memory grows with
+# n × BLOCK_ROWS instead of n², so a 4096-sample gradient-cached batch stays small.
+BLOCK_ROWS = 512
+
+
 def pairwise_infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, groups: torch.Tensor | None = None,
-                     same_patient: SamePatient = "mask", hard_negatives: float = 0.0) -> torch.Tensor:
+                     same_patient: SamePatient = "mask", hard_negatives: float = 0.0,
+                     block_rows: int = BLOCK_ROWS) -> torch.Tensor:
     """CLIP loss between row-aligned unit embeddings ``a[i] ↔ b[i]``.
 
     L = ½ [CE(s·A·Bᵀ) + CE(s·B·Aᵀ)] with the targets of :func:`~medfm.align.pairs.target_masks`:
     rows sharing a ``groups`` id (two studies of one patient) are removed from each
     other's negatives (``mask``) or made positives of each other (``positive``).
+
+    Without hard negatives the loss is computed ``block_rows`` rows at a time and the
+    scores are recomputed in the backward pass (:class:`_BlockwiseInfoNCE`); the values
+    and gradients are those of the full-matrix formula.
     """
+    if hard_negatives == 0:
+        return _BlockwiseInfoNCE.apply(a, b, scale, groups, same_patient, block_rows)
     cosine = a @ b.T
     positives, valid = target_masks(groups, len(a), same_patient, a.device)
     return symmetric_cross_entropy(scale * cosine, positives, valid, cosine, hard_negatives)
+
+
+def _block_targets(groups: torch.Tensor | None, rows: slice, n: int, same_patient: SamePatient,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``rows`` of :func:`~medfm.align.pairs.target_masks`' ``(positives, valid)``."""
+    eye = torch.arange(rows.start, rows.stop, device=device)[:, None] == torch.arange(n, device=device)[None, :]
+    if groups is None:
+        return eye, torch.ones_like(eye)
+    same = groups[rows, None] == groups[None, :]
+    if same_patient == "positive":
+        return same, torch.ones_like(eye)
+    return eye, ~same | eye
+
+
+class _BlockwiseInfoNCE(torch.autograd.Function):
+    """Symmetric multi-positive InfoNCE in row blocks, logits recomputed in backward.
+
+    Forward keeps per-row and per-column log-sum-exps (O(n)); the column ones are
+    accumulated across blocks. Backward rebuilds each block's softmaxes from them:
+    dL/dl_ij = ½ [(p^row_ij − π_ij/|P_i|) + (p^col_ij − π_ij/|P_j|)] / n, with π the positives.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, scale, groups, same_patient, block_rows):
+        n = a.shape[0]
+        row_lse = a.new_empty(n)
+        col_lse = a.new_full((n,), float("-inf"))
+        col_positive_logits = a.new_zeros(n)
+        col_positives = a.new_zeros(n)
+        row_loss = a.new_zeros(())
+        for start in range(0, n, block_rows):
+            rows = slice(start, min(start + block_rows, n))
+            positives, valid = _block_targets(groups, rows, n, same_patient, a.device)
+            logits = (scale * a[rows] @ b.T).masked_fill(~valid, float("-inf"))
+            row_lse[rows] = torch.logsumexp(logits, dim=1)
+            kept = torch.where(positives, logits, 0.0)
+            row_loss += (row_lse[rows] - kept.sum(1) / positives.sum(1)).sum()
+            col_lse = torch.logaddexp(col_lse, torch.logsumexp(logits, dim=0))
+            col_positive_logits += kept.sum(0)
+            col_positives += positives.sum(0)
+        col_loss = (col_lse - col_positive_logits / col_positives).sum()
+        ctx.save_for_backward(a, b, scale, row_lse, col_lse, col_positives)
+        ctx.groups, ctx.same_patient, ctx.block_rows = groups, same_patient, block_rows
+        return 0.5 * (row_loss + col_loss) / n
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        a, b, scale, row_lse, col_lse, col_positives = ctx.saved_tensors
+        n = a.shape[0]
+        grad_a, grad_b, grad_scale = torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(scale)
+        factor = 0.5 * grad_output / n
+        for start in range(0, n, ctx.block_rows):
+            rows = slice(start, min(start + ctx.block_rows, n))
+            positives, valid = _block_targets(ctx.groups, rows, n, ctx.same_patient, a.device)
+            cosine = a[rows] @ b.T
+            logits = (scale * cosine).masked_fill(~valid, float("-inf"))
+            target = positives.to(a.dtype)
+            grad_logits = (torch.exp(logits - row_lse[rows, None]) - target / target.sum(1, keepdim=True)
+                           + torch.exp(logits - col_lse[None, :]) - target / col_positives[None, :]) * factor
+            grad_scale += (grad_logits * cosine).sum()
+            grad_cosine = scale * grad_logits
+            grad_a[rows] = grad_cosine @ b
+            grad_b += grad_cosine.T @ a[rows]
+        return grad_a, grad_b, grad_scale, None, None, None
 
 
 @LOSSES.register("infonce")

@@ -44,7 +44,9 @@ def test_single_prompt_scores_cover_every_prompt(fitted):
 
 def test_shipped_prompt_sets_validate_and_have_both_sides():
     paths = sorted((REPO / "configs/prompts").glob("*.yaml"))
-    assert len(paths) == 4
+    named = {task.split("prompts/")[1].split(".yaml")[0] for plan in (REPO / "evaluation/plans").glob("*.yaml")
+             for task in plan.read_text().splitlines() if "prompts/" in task}
+    assert {p.stem for p in paths} == named  # every plan's prompt set ships, and none is orphaned
     for path in paths:
         prompts = load_prompt_set(path)
         assert prompts.finding == path.stem and prompts.positive and prompts.negative

@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -109,9 +108,11 @@ def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path):
     assert len((tmp_path / "ckpt/train_log.jsonl").read_text().splitlines()) == 2
 
 
-@pytest.mark.slow
 def test_medfm_pretrain_under_torchrun(tmp_path):
-    """The real entry point on two gloo processes, through the CLI, on a tiny synthetic cohort."""
+    """The real entry point on two gloo processes, through the CLI, on a tiny synthetic cohort.
+
+    Both ranks read the cohort through one preprocessing cache folder at the same time.
+    """
     pipeline = write_tiny_pipeline(tmp_path, patients=30)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -123,3 +124,9 @@ def test_medfm_pretrain_under_torchrun(tmp_path):
     assert '"world_size": 2' in state
     log = (tmp_path / "out/checkpoint/train_log.jsonl").read_text().splitlines()
     assert len(log) >= 2  # one line per step, written by rank 0 only
+    from safetensors.torch import load_file
+
+    entries = list((tmp_path / "out/cache/entries").rglob("*.safetensors"))
+    assert entries and not list((tmp_path / "out/cache").rglob("*.tmp*"))  # no stray temp files
+    for entry in entries:  # every entry the two ranks wrote side by side is complete
+        assert torch.isfinite(load_file(str(entry))["value"]).all()
