@@ -65,8 +65,9 @@ def symmetric_cross_entropy(logits: torch.Tensor, positives: torch.Tensor, valid
 
 
 # Rows of the n × n score matrix held at once by the blockwise loss: memory grows with
-# n × BLOCK_ROWS instead of n², so a 4096-sample gradient-cached batch stays small.
-BLOCK_ROWS = 512
+# n × BLOCK_ROWS instead of n², so a 4096-sample gradient-cached batch stays small (128 rows:
+# the loss then needs less memory than one 256-sample chunk of the tiny model's activations).
+BLOCK_ROWS = 128
 
 
 def pairwise_infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, groups: torch.Tensor | None = None,
