@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from medfm.align.config import LossConfig
-from medfm.align.pairs import SamePatient, modality_pairs, target_masks
+from medfm.align.pairs import SamePatient, mean_over_pairs, target_masks
 from medfm.errors import MedfmError
 from medfm.keys import Modality
 from medfm.registry import LOSSES
@@ -172,9 +172,5 @@ class SymmetricInfoNCE(nn.Module):
                 scale: torch.Tensor, groups: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
-        losses, logs = [], {}
-        for pair in modality_pairs(embeddings, masks, groups, cfg.pairs, cfg.anchor):
-            loss = pairwise_infonce(pair.a, pair.b, scale, pair.groups, cfg.same_patient, cfg.hard_negatives)
-            losses.append(loss)
-            logs[pair.name] = loss.item()
-        return torch.stack(losses).mean(), logs
+        return mean_over_pairs(embeddings, masks, groups, cfg.pairs, cfg.anchor, lambda pair: pairwise_infonce(
+            pair.a, pair.b, scale, pair.groups, cfg.same_patient, cfg.hard_negatives))

@@ -8,6 +8,7 @@ by a zero vector, so it can neither act as a negative nor receive gradient.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Literal
@@ -85,6 +86,18 @@ def modality_pairs(embeddings: dict[Modality, torch.Tensor], masks: dict[Modalit
         raise MedfmError(f"loss input: no modality pair has two shared samples in this batch "
                          f"(samples per modality: {present}, pairs: {pairs}, anchor: {anchor})")
     return found
+
+
+def mean_over_pairs(embeddings: dict[Modality, torch.Tensor], masks: dict[Modality, torch.Tensor],
+                    groups: torch.Tensor | None, pairs: Literal["all", "anchor"], anchor: Modality | None,
+                    pair_loss: Callable[[ModalityPair], torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean of ``pair_loss`` over the selected pairs, with each pair's value logged under its name."""
+    losses, logs = [], {}
+    for pair in modality_pairs(embeddings, masks, groups, pairs, anchor):
+        loss = pair_loss(pair)
+        losses.append(loss)
+        logs[pair.name] = loss.item()
+    return torch.stack(losses).mean(), logs
 
 
 def target_masks(groups: torch.Tensor | None, n: int, same_patient: SamePatient,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medfm.align.config import LossConfig
-from medfm.align.pairs import SamePatient, modality_pairs, target_masks
+from medfm.align.pairs import SamePatient, mean_over_pairs, target_masks
 from medfm.errors import ConfigError
 from medfm.keys import Modality
 from medfm.registry import LOSSES
@@ -53,10 +53,7 @@ class SigLIPLoss(nn.Module):
                 scale: torch.Tensor, groups: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
-        losses, logs = [], {}
-        for pair in modality_pairs(embeddings, masks, groups, cfg.pairs, cfg.anchor):
-            loss = pairwise_siglip(pair.a, pair.b, scale, self.bias, pair.groups, cfg.same_patient)
-            losses.append(loss)
-            logs[pair.name] = loss.item()
+        loss, logs = mean_over_pairs(embeddings, masks, groups, cfg.pairs, cfg.anchor, lambda pair: pairwise_siglip(
+            pair.a, pair.b, scale, self.bias, pair.groups, cfg.same_patient))
         logs["siglip_bias"] = self.bias.item()
-        return torch.stack(losses).mean(), logs
+        return loss, logs
