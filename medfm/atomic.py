@@ -29,6 +29,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], None], durable: bool 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         write(tmp)
+        apply_default_mode(tmp)
         if durable:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
@@ -37,6 +38,30 @@ def write_atomic(path: str | Path, write: Callable[[Path], None], durable: bool 
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _process_umask() -> int | None:
+    """This process's umask, read without changing it (``os.umask`` would race other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return None
+
+
+_UMASK = _process_umask()
+
+
+def apply_default_mode(path: Path) -> None:
+    """Give a finished file the mode a plain ``open()`` would have.
+
+    Some writers (safetensors) create their files 0600; a checkpoint beside a 0644
+    ``config.json`` would then be unreadable to the rest of the group.
+    """
+    if _UMASK is not None:
+        os.chmod(path, 0o666 & ~_UMASK)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes, durable: bool = True) -> Path:

@@ -378,10 +378,13 @@ class HFTextEncoder(nn.Module):
         """
         from safetensors.torch import save_file
 
+        from medfm.atomic import apply_default_mode
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.adapter_state().items()}
         save_file(state, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+        apply_default_mode(folder / "adapter_model.safetensors")  # safetensors creates it 0600
         self.backbone.peft_config["default"].save_pretrained(str(folder))
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:

@@ -137,3 +137,14 @@ def test_preprocess_converts_grey_stored_as_rgb_and_refuses_colour(model):
     colour = RadiographImage(np.random.default_rng(1).random((3, 40, 50)).astype(np.float32), (1.0, 1.0))
     with pytest.raises(InputContractError, match="cxr: the model was trained on 1-channel images, got 3 channels"):
         model.preprocess(Modality.CXR, colour)
+
+
+def test_every_checkpoint_file_is_as_readable_as_its_config(model, tmp_path):
+    """safetensors creates files 0600; a checkpoint must not be private while its config.json is not."""
+    import stat
+
+    model.save_pretrained(tmp_path)
+    expected = stat.S_IMODE((tmp_path / "config.json").stat().st_mode)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "adapter_model.safetensors" for p in files)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: expected for p in files}
