@@ -149,8 +149,10 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
     timing["pretrain_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    tasks = evaluate_zero_shot(model, samples[plan.split], plan, prompt_sets)
-    retrieval = evaluate_retrieval(model, samples[plan.split])
+    test = samples[plan.split]
+    embedded = {m: embed_samples(model, test, m) for m in model.modalities}  # once, for both evaluations
+    tasks = evaluate_zero_shot(model, test, plan, prompt_sets, embedded)
+    retrieval = evaluate_retrieval(embedded)
     timing["zero_shot_s"] = time.perf_counter() - tick
     timing["total_s"] = time.perf_counter() - started
 
@@ -242,13 +244,16 @@ def embed_samples(model: MultimodalModel, samples: list[dict[str, Any]], modalit
     return (torch.cat(parts) if parts else torch.empty(0, model.config.embed_dim)), index
 
 
-def evaluate_zero_shot(model: MultimodalModel, samples: list[dict[str, Any]], plan, prompt_sets) -> list[dict]:
-    """Ensemble and single-prompt AUROC per task, overall and per acquisition device."""
+def evaluate_zero_shot(model: MultimodalModel, samples: list[dict[str, Any]], plan, prompt_sets,
+                       embedded: dict[Modality, tuple[torch.Tensor, list[int]]]) -> list[dict]:
+    """Ensemble and single-prompt AUROC per task, overall and per acquisition device.
+
+    ``embedded`` holds :func:`embed_samples` of ``samples`` for every modality a task reads.
+    """
     # One column per distinct finding: a finding read from two modalities (drusen on OCT
     # and on fundus photos) shares its prompt embeddings.
     unique = {prompt_sets[t.finding].finding: prompt_sets[t.finding] for t in plan.tasks}
     classifier = ZeroShotClassifier(model, list(unique.values())).fit()
-    embedded = {m: embed_samples(model, samples, m) for m in {t.modality for t in plan.tasks}}
     tasks = []
     for task in plan.tasks:
         finding = prompt_sets[task.finding].finding
@@ -279,25 +284,24 @@ def _spread(values: np.ndarray) -> dict[str, float]:
     return {"min": float(defined.min()), "median": float(np.median(defined)), "max": float(defined.max())}
 
 
-@torch.no_grad()
-def evaluate_retrieval(model: MultimodalModel, samples: list[dict[str, Any]]) -> dict[str, Any]:
+def evaluate_retrieval(embedded: dict[Modality, tuple[torch.Tensor, list[int]]]) -> dict[str, Any]:
     """Image→report and report→image recall@1/5/10 per image modality, over the studies with both.
 
+    ``embedded`` maps each modality to :func:`embed_samples`' embeddings and sample indices.
     The gallery is every such study of the split; only the study's own report (or image)
     counts as found, so another study of the same patient is a miss.
     """
-    if Modality.REPORT not in model.modalities:
+    if Modality.REPORT not in embedded:
         return {}
+    reports, report_index = embedded[Modality.REPORT]
+    report_row = {sample: row for row, sample in enumerate(report_index)}
     out = {}
-    for modality in model.modalities:
-        if modality == Modality.REPORT:
+    for modality, (images, index) in embedded.items():
+        rows = [(row, report_row[sample]) for row, sample in enumerate(index) if sample in report_row]
+        if modality == Modality.REPORT or len(rows) < 2:
             continue
-        both = [s for s in samples if modality in s and Modality.REPORT in s]
-        if len(both) < 2:
-            continue
-        image, _ = embed_samples(model, both, modality)
-        report, _ = embed_samples(model, both, Modality.REPORT)
-        out[str(modality)] = cross_modal_retrieval(image, report)
+        image_rows, paired_reports = map(list, zip(*rows, strict=True))
+        out[str(modality)] = cross_modal_retrieval(images[image_rows], reports[paired_reports])
     return out
 
 

@@ -90,18 +90,6 @@ def pairwise_infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, grou
     return symmetric_cross_entropy(scale * cosine, positives, valid, cosine, hard_negatives)
 
 
-def _block_targets(groups: torch.Tensor | None, rows: slice, n: int, same_patient: SamePatient,
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ``rows`` of :func:`~medfm.align.pairs.target_masks`' ``(positives, valid)``."""
-    eye = torch.arange(rows.start, rows.stop, device=device)[:, None] == torch.arange(n, device=device)[None, :]
-    if groups is None:
-        return eye, torch.ones_like(eye)
-    same = groups[rows, None] == groups[None, :]
-    if same_patient == "positive":
-        return same, torch.ones_like(eye)
-    return eye, ~same | eye
-
-
 class _BlockwiseInfoNCE(torch.autograd.Function):
     """Symmetric multi-positive InfoNCE in row blocks, logits recomputed in backward.
 
@@ -120,7 +108,7 @@ class _BlockwiseInfoNCE(torch.autograd.Function):
         row_loss = a.new_zeros(())
         for start in range(0, n, block_rows):
             rows = slice(start, min(start + block_rows, n))
-            positives, valid = _block_targets(groups, rows, n, same_patient, a.device)
+            positives, valid = target_masks(groups, n, same_patient, a.device, rows)
             logits = (scale * a[rows] @ b.T).masked_fill(~valid, float("-inf"))
             row_lse[rows] = torch.logsumexp(logits, dim=1)
             kept = torch.where(positives, logits, 0.0)
@@ -141,7 +129,7 @@ class _BlockwiseInfoNCE(torch.autograd.Function):
         factor = 0.5 * grad_output / n
         for start in range(0, n, ctx.block_rows):
             rows = slice(start, min(start + ctx.block_rows, n))
-            positives, valid = _block_targets(ctx.groups, rows, n, ctx.same_patient, a.device)
+            positives, valid = target_masks(ctx.groups, n, ctx.same_patient, a.device, rows)
             cosine = a[rows] @ b.T
             logits = (scale * cosine).masked_fill(~valid, float("-inf"))
             target = positives.to(a.dtype)

@@ -101,19 +101,24 @@ def mean_over_pairs(embeddings: dict[Modality, torch.Tensor], masks: dict[Modali
 
 
 def target_masks(groups: torch.Tensor | None, n: int, same_patient: SamePatient,
-                 device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 device: torch.device | None = None, rows: slice | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positives and counted entries of an ``n × n`` sample-vs-sample score matrix.
 
+    Args:
+        rows: only these rows of the matrix (a blockwise loss builds it a block at a time).
+
     Returns:
-        ``(positives, valid)``, both boolean ``(n, n)``. The diagonal is always a
-        positive. Two different samples of one patient are left out of ``valid``
+        ``(positives, valid)``, both boolean ``(n, n)`` (or ``(len(rows), n)``). The diagonal
+        is always a positive. Two different samples of one patient are left out of ``valid``
         (``mask``: neither positive nor negative) or added to ``positives``
         (``positive``). ``positives ⊆ valid``; every other valid entry is a negative.
     """
-    eye = torch.eye(n, dtype=torch.bool, device=device)
+    rows = slice(0, n) if rows is None else rows
+    eye = torch.arange(rows.start, rows.stop, device=device)[:, None] == torch.arange(n, device=device)[None, :]
     if groups is None:
         return eye, torch.ones_like(eye)
-    same = groups[:, None] == groups[None, :]
+    same = groups[rows, None] == groups[None, :]
     if same_patient == "positive":
         return same, torch.ones_like(eye)
     return eye, ~same | eye
