@@ -27,7 +27,7 @@ from medfm.evaluation.plan import load_plan
 from medfm.evaluation.report import render_html_report
 from medfm.evaluation.retrieval import cross_modal_retrieval
 from medfm.heads.zeroshot import ZeroShotClassifier
-from medfm.keys import Field, Modality
+from medfm.keys import IMAGE_MODALITIES, Field, Modality, encoder_of, input_keys, is_text, report_of
 from medfm.models import MultimodalModel, create_model, load_model_config
 from medfm.train import TrainConfig, pretrain
 from medfm.train.checkpoint import STATE_JSON, has_train_state
@@ -150,7 +150,8 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
 
     tick = time.perf_counter()
     test = samples[plan.split]
-    embedded = {m: embed_samples(model, test, m) for m in model.modalities}  # once, for both evaluations
+    # Once, for both evaluations: every modality and report (one per study, or each image's own).
+    embedded = {k: embed_samples(model, test, k) for k in input_keys(test) if encoder_of(k) in model.modalities}
     tasks = evaluate_zero_shot(model, test, plan, prompt_sets, embedded)
     retrieval = evaluate_retrieval(embedded)
     timing["zero_shot_s"] = time.perf_counter() - tick
@@ -231,21 +232,21 @@ def synthesize_if_needed(cohort_path: Path, config: CohortConfig, console: Conso
 
 
 @torch.no_grad()
-def embed_samples(model: MultimodalModel, samples: list[dict[str, Any]], modality: Modality,
+def embed_samples(model: MultimodalModel, samples: list[dict[str, Any]], key: str,
                   batch_size: int = 128) -> tuple[torch.Tensor, list[int]]:
-    """Embeddings of every sample that has ``modality``, and those samples' indices."""
+    """Embeddings of every sample that has input ``key`` (a modality or ``report.<image>``), and their indices."""
     model.eval()
-    index = [i for i, s in enumerate(samples) if modality in s]
+    index = [i for i, s in enumerate(samples) if key in s]
     parts = []
     for start in range(0, len(index), batch_size):
-        chunk = [samples[i][modality] for i in index[start:start + batch_size]]
-        inputs = chunk if modality == Modality.REPORT else torch.stack(chunk)
-        parts.append(model.encode(modality, inputs))
+        chunk = [samples[i][key] for i in index[start:start + batch_size]]
+        inputs = chunk if is_text(key) else torch.stack(chunk)
+        parts.append(model.encode(key, inputs))
     return (torch.cat(parts) if parts else torch.empty(0, model.config.embed_dim)), index
 
 
 def evaluate_zero_shot(model: MultimodalModel, samples: list[dict[str, Any]], plan, prompt_sets,
-                       embedded: dict[Modality, tuple[torch.Tensor, list[int]]]) -> list[dict]:
+                       embedded: dict[str, tuple[torch.Tensor, list[int]]]) -> list[dict]:
     """Ensemble and single-prompt AUROC per task, overall and per acquisition device.
 
     ``embedded`` holds :func:`embed_samples` of ``samples`` for every modality a task reads.
@@ -284,21 +285,25 @@ def _spread(values: np.ndarray) -> dict[str, float]:
     return {"min": float(defined.min()), "median": float(np.median(defined)), "max": float(defined.max())}
 
 
-def evaluate_retrieval(embedded: dict[Modality, tuple[torch.Tensor, list[int]]]) -> dict[str, Any]:
+def evaluate_retrieval(embedded: dict[str, tuple[torch.Tensor, list[int]]]) -> dict[str, Any]:
     """Image→report and report→image recall@1/5/10 per image modality, over the studies with both.
 
-    ``embedded`` maps each modality to :func:`embed_samples`' embeddings and sample indices.
-    The gallery is every such study of the split; only the study's own report (or image)
-    counts as found, so another study of the same patient is a miss.
+    ``embedded`` maps each input key to :func:`embed_samples`' embeddings and sample indices.
+    An image is matched with its own report (``report.<image>``) where the cohort gives
+    one, else with the study's report. The gallery is every such study of the split; only
+    the study's own report (or image) counts as found, so another study of the same
+    patient is a miss.
     """
-    if Modality.REPORT not in embedded:
-        return {}
-    reports, report_index = embedded[Modality.REPORT]
-    report_row = {sample: row for row, sample in enumerate(report_index)}
     out = {}
-    for modality, (images, index) in embedded.items():
+    for modality in IMAGE_MODALITIES:
+        report_key = report_of(modality) if report_of(modality) in embedded else Modality.REPORT
+        if modality not in embedded or report_key not in embedded:
+            continue
+        images, index = embedded[modality]
+        reports, report_index = embedded[report_key]
+        report_row = {sample: row for row, sample in enumerate(report_index)}
         rows = [(row, report_row[sample]) for row, sample in enumerate(index) if sample in report_row]
-        if modality == Modality.REPORT or len(rows) < 2:
+        if len(rows) < 2:
             continue
         image_rows, paired_reports = map(list, zip(*rows, strict=True))
         out[str(modality)] = cross_modal_retrieval(images[image_rows], reports[paired_reports])

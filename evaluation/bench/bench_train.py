@@ -193,7 +193,7 @@ def full_step(n_patients: int = 48, batch_size: int = 32, timed_epochs: int = 2)
         loss_fn = _build_loss(train_config)
         optimizer = _optimizer(model, loss_fn, train_config)
         trainable = [p for p in (*model.parameters(), *loss_fn.parameters()) if p.requires_grad]
-        plan = _StepPlan(batch_size, train_config, 1)  # one step = the whole batch handed to it
+        plan = None
         patient_ids = sorted({str(cohort.table.loc[r, cohort.config.patient_column]) for r in rows})
         patient_index = {p: i for i, p in enumerate(patient_ids)}
         model.train()
@@ -207,6 +207,7 @@ def full_step(n_patients: int = 48, batch_size: int = 32, timed_epochs: int = 2)
                 tick = time.perf_counter()
                 samples = [dataset[i][0] for i in indices]
                 read = time.perf_counter() - tick
+                plan = plan or _StepPlan(samples, train_config, 1)  # one step = the whole batch handed to it
                 tick = time.perf_counter()
                 _train_step(model, loss_fn, optimizer, trainable, samples, train_config, plan, steps,
                             patient_index, precision, ctx)
@@ -306,7 +307,7 @@ def _memory_child(batch: int, chunk: int | None) -> dict[str, Any]:
     loss_fn = _build_loss(config)
     optimizer = _optimizer(model, loss_fn, config)
     trainable = [p for p in (*model.parameters(), *loss_fn.parameters()) if p.requires_grad]
-    plan = _StepPlan(batch, config, 1)
+    plan = _StepPlan(samples, config, 1)
     patient_index = {s[Field.META]["patient_id"]: i for i, s in enumerate(samples)}
     model.train()
     gc.collect()

@@ -15,7 +15,7 @@ from medfm.align.config import LossConfig
 from medfm.align.infonce import contrastive_cross_entropy
 from medfm.align.pairs import check_packed, packed_rows, target_masks
 from medfm.errors import MedfmError
-from medfm.keys import Modality
+from medfm.keys import Modality, image_of_report
 from medfm.registry import LOSSES
 
 
@@ -83,11 +83,15 @@ class GRAMLoss(nn.Module):
         self.config = config if config is not None else LossConfig(name="gram")
         self.anchor = self.config.anchor or Modality.REPORT
 
-    def forward(self, embeddings: dict[Modality, torch.Tensor], masks: dict[Modality, torch.Tensor],
+    def forward(self, embeddings: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
                 scale: torch.Tensor, groups: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, anchor = self.config, self.anchor
         check_packed(embeddings, masks)
+        own_reports = [k for k in embeddings if image_of_report(k) is not None]
+        if own_reports:
+            raise MedfmError(f"loss input: gram spans one report and every image of a sample; this batch gives "
+                             f"images their own reports ({', '.join(own_reports)}): use infonce or siglip")
         others = sorted(m for m in embeddings if m != anchor)
         if anchor not in embeddings or not others:
             raise MedfmError(f"loss input: gram needs the anchor {anchor!r} and another modality; "

@@ -12,7 +12,6 @@ from torch import nn
 from medfm.align.config import LossConfig
 from medfm.align.pairs import SamePatient, mean_over_pairs, target_masks
 from medfm.errors import MedfmError
-from medfm.keys import Modality
 from medfm.registry import LOSSES
 
 
@@ -156,7 +155,7 @@ class SymmetricInfoNCE(nn.Module):
         # Default config: the training loop built losses without arguments before configs existed.
         self.config = config if config is not None else LossConfig(name="infonce")
 
-    def forward(self, embeddings: dict[Modality, torch.Tensor], masks: dict[Modality, torch.Tensor],
+    def forward(self, embeddings: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
                 scale: torch.Tensor, groups: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config

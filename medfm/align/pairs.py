@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 
 from medfm.errors import MedfmError
-from medfm.keys import Modality
+from medfm.keys import Modality, encoder_of, image_of_report
 
 SamePatient = Literal["mask", "positive"]
 
@@ -38,7 +38,7 @@ class ModalityPair:
     groups: torch.Tensor | None
 
 
-def check_packed(embeddings: dict[Modality, torch.Tensor], masks: dict[Modality, torch.Tensor]) -> None:
+def check_packed(embeddings: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:
     """Raise if a packed tensor's row count disagrees with its presence mask (a collate bug, not data)."""
     for modality, packed in embeddings.items():
         if modality not in masks:
@@ -56,16 +56,32 @@ def packed_rows(packed: torch.Tensor, mask: torch.Tensor, subset: torch.Tensor) 
     return packed[index[subset]]
 
 
-def select_pairs(modalities: list[Modality], pairs: Literal["all", "anchor"],
-                 anchor: Modality | None) -> list[tuple[Modality, Modality]]:
-    """Modality pairs to align, each ordered by name (so a pair's log key does not depend on the config)."""
-    every = list(combinations(sorted(modalities), 2))
+def select_pairs(keys: list[str], pairs: Literal["all", "anchor"],
+                 anchor: Modality | None) -> list[tuple[str, str]]:
+    """Input-key pairs to align, each ordered by name (so a pair's log key does not depend on the config).
+
+    An image's own report (``report.oct``) pairs with that image only; for ``anchor``
+    it counts as ``report``, so ``anchor: report`` aligns every image with its own report.
+    """
+    every = [(x, y) for x, y in combinations(sorted(keys), 2)
+             if not _foreign_report(x, y) and not _foreign_report(y, x)]
     if pairs == "all":
         return every
-    return [pair for pair in every if anchor in pair]
+    return [(x, y) for x, y in every if anchor in (encoder_of(x), encoder_of(y))]
 
 
-def modality_pairs(embeddings: dict[Modality, torch.Tensor], masks: dict[Modality, torch.Tensor],
+def _foreign_report(key: str, other: str) -> bool:
+    """``key`` is some image's own report and ``other`` is not that image."""
+    image = image_of_report(key)
+    return image is not None and image != other
+
+
+def pair_name(x: str, y: str) -> str:
+    """``"<x>-<y>"``, with an image's own report named ``report`` (``oct-report``)."""
+    return f"{encoder_of(x)}-{encoder_of(y)}"
+
+
+def modality_pairs(embeddings: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
                    groups: torch.Tensor | None, pairs: Literal["all", "anchor"] = "all",
                    anchor: Modality | None = None) -> list[ModalityPair]:
     """Every selected pair with at least two shared samples (one sample has no negative to contrast with)."""
@@ -76,7 +92,7 @@ def modality_pairs(embeddings: dict[Modality, torch.Tensor], masks: dict[Modalit
         if int(both.sum()) < 2:
             continue
         found.append(ModalityPair(
-            name=f"{x}-{y}",
+            name=pair_name(x, y),
             a=packed_rows(embeddings[x], masks[x], both),
             b=packed_rows(embeddings[y], masks[y], both),
             groups=None if groups is None else groups[both],
@@ -88,7 +104,7 @@ def modality_pairs(embeddings: dict[Modality, torch.Tensor], masks: dict[Modalit
     return found
 
 
-def mean_over_pairs(embeddings: dict[Modality, torch.Tensor], masks: dict[Modality, torch.Tensor],
+def mean_over_pairs(embeddings: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
                     groups: torch.Tensor | None, pairs: Literal["all", "anchor"], anchor: Modality | None,
                     pair_loss: Callable[[ModalityPair], torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean of ``pair_loss`` over the selected pairs, with each pair's value logged under its name."""

@@ -12,7 +12,6 @@ from torch import nn
 from medfm.align.config import LossConfig
 from medfm.align.pairs import SamePatient, mean_over_pairs, target_masks
 from medfm.errors import ConfigError
-from medfm.keys import Modality
 from medfm.registry import LOSSES
 
 
@@ -49,7 +48,7 @@ class SigLIPLoss(nn.Module):
                                                       "not siglip; set it to 0")
         self.bias = nn.Parameter(torch.tensor(float(self.config.siglip_init_bias)))
 
-    def forward(self, embeddings: dict[Modality, torch.Tensor], masks: dict[Modality, torch.Tensor],
+    def forward(self, embeddings: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
                 scale: torch.Tensor, groups: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config

@@ -77,8 +77,8 @@ def group_characteristics(rows: pd.DataFrame, config: CohortConfig) -> dict[str,
         known, positive = int(values.notna().sum()), int((values == 1).sum())
         stats["labels"][label] = {"positive": positive, "known": known, "pct": _pct(positive, known)}
     stats["modalities"] = {}
-    for modality, columns in config.modalities.items():
-        columns = [columns] if isinstance(columns, str) else list(columns)
+    for modality in config.modalities:
+        columns = config.columns_of(modality)
         present = pd.Series(False, index=rows.index)
         for column in columns:
             present |= rows[column].notna() & (rows[column].astype("string").str.strip() != "").fillna(False)

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from medfm.cohort.adapters import ADAPTERS, create_adapter
 from medfm.config import Config, load_config, resolve_path
 from medfm.errors import ConfigError, MedfmError
-from medfm.keys import Modality
+from medfm.keys import Modality, report_of
 
 
 class SynthSpec(Config):
@@ -148,7 +148,9 @@ class CohortConfig(Config):
     synth: SynthSpec | None = None
     patient_column: str = "patient_id"
     study_column: str = "study_id"
-    modalities: dict[Modality, str | list[str]]
+    # One column per modality; report alone may name several: a list is joined into one
+    # document per study, a mapping {image modality: column} gives each image its own report.
+    modalities: dict[Modality, str | list[str] | dict[Modality, str]]
     labels: list[str]
     metadata: list[str] = []
     include: str | None = None
@@ -181,9 +183,32 @@ class CohortConfig(Config):
     @model_validator(mode="after")
     def _report_only_may_join_columns(self) -> CohortConfig:
         for key, columns in self.modalities.items():
-            if isinstance(columns, list) and key != Modality.REPORT:
+            if not isinstance(columns, str) and key != Modality.REPORT:
                 raise ValueError(f"modality {key} takes one column; only report may join several")
+        own = self.modalities.get(Modality.REPORT)
+        if isinstance(own, dict):
+            unpaired = [str(m) for m in own if m == Modality.REPORT or m not in self.modalities]
+            if unpaired:
+                raise ValueError(f"report: {{modality: column}} pairs each image modality with its own report; "
+                                 f"{unpaired} is not an image modality of this cohort")
         return self
+
+    def columns_of(self, modality: Modality) -> list[str]:
+        """Every manifest column holding ``modality``'s files."""
+        return [column for _, columns in self.inputs_of(modality) for column in columns]
+
+    def inputs_of(self, modality: Modality) -> list[tuple[str, list[str]]]:
+        """``(sample key, columns)`` per input ``modality`` gives a sample.
+
+        One entry keyed by the modality itself, except for per-image reports
+        (``report: {oct: oct_report_path, ...}``): one ``report.<image>`` entry each.
+        """
+        columns = self.modalities[modality]
+        if isinstance(columns, str):
+            return [(str(modality), [columns])]
+        if isinstance(columns, dict):
+            return [(report_of(image), [column]) for image, column in columns.items()]
+        return [(str(modality), list(columns))]
 
 
 @dataclass(frozen=True)
@@ -201,10 +226,6 @@ class Cohort:
     def root(self) -> Path:
         """Folder that relative file paths in the manifest start from."""
         return self.manifest_path.parent
-
-    def columns_of(self, modality: Modality) -> list[str]:
-        columns = self.config.modalities[modality]
-        return [columns] if isinstance(columns, str) else list(columns)
 
 
 def load_cohort(path: str | Path, require_manifest: bool = True) -> Cohort | CohortConfig:
@@ -308,8 +329,8 @@ def check_manifest(table: pd.DataFrame, config: CohortConfig, source: Path, what
     """
     wanted = {"patient_column": [config.patient_column], "study_column": [config.study_column],
               "labels": config.labels, "metadata": config.metadata}
-    for key, columns in config.modalities.items():
-        wanted[f"modalities.{key}"] = [columns] if isinstance(columns, str) else columns
+    for key in config.modalities:
+        wanted[f"modalities.{key}"] = config.columns_of(key)
     for key, columns in wanted.items():
         missing = [c for c in columns if c not in table.columns]
         if missing:

@@ -1,5 +1,8 @@
 """Cohort rows → dict samples ``{"cxr": tensor, "ecg": tensor, "report": str, "meta": {...}}``.
 
+A cohort that gives each image its own report carries ``"report.cxr": str`` and so
+on instead of one ``"report"`` (see :func:`medfm.keys.report_of`).
+
 A modality a study lacks is simply absent from its sample. A file that cannot be
 read either raises (policy ``raise``) or drops the modality from that sample and
 is listed in the quarantine (policy ``skip``): never silently replaced by zeros.
@@ -35,7 +38,7 @@ from medfm.io import (
     read_radiograph,
     read_report,
 )
-from medfm.keys import Field, Modality
+from medfm.keys import Field, Modality, input_keys, is_text
 
 ErrorPolicy = Literal["raise", "skip"]
 Preprocess = Callable[[Any], Any]
@@ -121,18 +124,19 @@ class CohortDataset(Dataset):
         sample: dict[str, Any] = {}
         problems: list[QuarantineEntry] = []
         for modality, fn in self.preprocess.items():
-            paths = [row[c] for c in self.cohort.columns_of(modality) if _present(row[c])]
-            if not paths:
-                continue
-            try:
-                values = [self._load(modality, fn, self.cohort.root / p) for p in paths]
-            except MedfmReadError as err:
-                if self.on_error == "raise":
-                    raise
-                problems.append(QuarantineEntry(row[cfg.study_column], modality, str(err.path), err.reason))
-                continue
-            # Several report columns (radiology + cardiology) form one document.
-            sample[modality] = "\n\n".join(values) if modality == Modality.REPORT else values[0]
+            for key, columns in self.cohort.config.inputs_of(modality):
+                paths = [row[c] for c in columns if _present(row[c])]
+                if not paths:
+                    continue
+                try:
+                    values = [self._load(modality, fn, self.cohort.root / p) for p in paths]
+                except MedfmReadError as err:
+                    if self.on_error == "raise":
+                        raise
+                    problems.append(QuarantineEntry(row[cfg.study_column], key, str(err.path), err.reason))
+                    continue
+                # Several report columns (radiology + cardiology) form one document.
+                sample[key] = "\n\n".join(values) if modality == Modality.REPORT else values[0]
         sample[Field.LABEL] = {name: float(row[name]) for name in cfg.labels}
         sample[Field.META] = {
             "study_id": str(row[cfg.study_column]),
@@ -185,17 +189,15 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack the modalities present into packed tensors plus a presence mask.
 
     ``batch["cxr"]`` holds only the samples that have a CXR, in batch order;
-    ``batch["mask"]["cxr"]`` is a ``(B,)`` bool tensor saying which those are.
+    ``batch["mask"]["cxr"]`` is a ``(B,)`` bool tensor saying which those are. Reports
+    (``report``, or each image's own ``report.<image>``) stay lists of strings.
     Absent modalities are never filled with zeros that could enter a loss.
     """
     batch: dict[str, Any] = {Field.MASK: {}}
-    for modality in Modality:
-        present = [modality in s for s in samples]
-        if not any(present):
-            continue
-        values = [s[modality] for s in samples if modality in s]
-        batch[modality] = values if modality == Modality.REPORT else torch.stack(values)
-        batch[Field.MASK][modality] = torch.tensor(present)
+    for key in input_keys(samples):
+        values = [s[key] for s in samples if key in s]
+        batch[key] = values if is_text(key) else torch.stack(values)
+        batch[Field.MASK][key] = torch.tensor([key in s for s in samples])
     batch[Field.LABEL] = {k: torch.tensor([s[Field.LABEL][k] for s in samples]) for k in samples[0][Field.LABEL]}
     batch[Field.META] = [s[Field.META] for s in samples]
     return batch

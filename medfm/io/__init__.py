@@ -20,7 +20,7 @@ from medfm.io.oct_vendor import (
     read_oct_vendor,
     read_zeiss_img,
 )
-from medfm.io.reports import read_report, split_report_sections
+from medfm.io.reports import keep_sections, read_report, split_report_sections
 from medfm.io.wfdb import ECGRecord, read_ecg
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "read_oct_vendor",
     "read_photo",
     "read_radiograph",
+    "keep_sections",
     "read_report",
     "read_zeiss_img",
     "split_report_sections",

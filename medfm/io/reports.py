@@ -96,3 +96,14 @@ def split_report_sections(text: str) -> dict[str, str]:
         body = " ".join(text[match.end() : end].split())
         sections[key] = f"{sections[key]} {body}".strip() if key in sections else body
     return sections
+
+
+def keep_sections(text: str, names: list[str]) -> str:
+    """The bodies of the sections ``names`` (normalised keys, e.g. ``findings``), in the report's order.
+
+    A text with none of them (a prompt such as "Small pleural effusion.", a search query)
+    is returned whole, so the same function serves reports and queries.
+    """
+    sections = split_report_sections(text)
+    kept = [body for key, body in sections.items() if key in names and body]
+    return " ".join(kept) if kept else text

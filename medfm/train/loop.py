@@ -22,10 +22,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import medfm.align  # noqa: F401  (registers the losses)
 from medfm.atomic import write_json_atomic
 from medfm.data.samplers import balanced_order
-from medfm.errors import CheckpointError, MedfmError
-from medfm.keys import Field, Modality
+from medfm.errors import CheckpointError
+from medfm.keys import Field, Modality, input_keys
 from medfm.models.multimodal import MultimodalModel
 from medfm.registry import LOSSES
+from medfm.train.batches import EpochBatches, split_by_image
 from medfm.train.checkpoint import has_train_state, load_train_state, remove_train_state, save_train_state
 from medfm.train.config import TrainConfig
 from medfm.train.distributed import (
@@ -79,7 +80,9 @@ def pretrain(model: MultimodalModel, samples: list[dict[str, Any]], config: Trai
     loss_fn = _build_loss(config).to(ctx.device)
     optimizer = _optimizer(model, loss_fn, config)
     trainable = [p for p in (*model.parameters(), *loss_fn.parameters()) if p.requires_grad]
-    plan = _StepPlan(len(samples), config, ctx.world_size)
+    if config.batches == "by_modality":
+        samples = split_by_image(samples)
+    plan = _StepPlan(samples, config, ctx.world_size)
     patient_index = {p: i for i, p in enumerate(sorted({s[Field.META]["patient_id"] for s in samples}))}
 
     start_step, history, epoch_losses = 0, [], []
@@ -156,39 +159,34 @@ def _build_loss(config: TrainConfig) -> torch.nn.Module:
 class _StepPlan:
     """How samples map onto micro-batches and optimizer steps; depends only on sizes, not on the seed.
 
-    A micro-batch is one global contrastive batch (``batch_size × world``); a last one
-    of fewer than two samples has no negatives and is dropped; ``accumulate``
-    consecutive micro-batches form one optimizer step.
+    A micro-batch is one global contrastive batch (``batch_size × world``), made by
+    :class:`~medfm.train.batches.EpochBatches`; ``accumulate`` consecutive micro-batches
+    form one optimizer step.
     """
 
-    def __init__(self, n_samples: int, config: TrainConfig, world_size: int):
+    def __init__(self, samples: list[dict[str, Any]], config: TrainConfig, world_size: int):
         self.config = config
-        self.n_samples = n_samples
+        self.n_samples = len(samples)
         self.per_rank = config.batch_size
         self.global_batch = config.batch_size * world_size
-        starts = [s for s in range(0, n_samples, self.global_batch) if min(n_samples - s, self.global_batch) >= 2]
-        if not starts:
-            raise MedfmError(f"{n_samples} training sample(s): a contrastive step needs at least 2")
-        self.micro_starts = starts
-        self.steps_per_epoch = math.ceil(len(starts) / config.accumulate)
+        self.batches = EpochBatches(samples, self.global_batch, config.batches == "by_modality", config.repeat)
+        self.steps_per_epoch = math.ceil(len(self.batches) / config.accumulate)
         self.total_steps = self.steps_per_epoch * config.epochs
-        self._orders: dict[int, torch.Tensor] = {}
+        self._epoch: dict[int, list[list[int]]] = {}
 
     def micro_batches(self, samples: list[dict[str, Any]], step: int) -> list[list[int]]:
         """Global sample indices of each micro-batch of optimizer step ``step``."""
         epoch, k = divmod(step, self.steps_per_epoch)
-        if epoch not in self._orders:
-            self._orders = {epoch: self._epoch_order(samples, epoch)}
-        order = self._orders[epoch].tolist()
-        starts = self.micro_starts[k * self.config.accumulate:(k + 1) * self.config.accumulate]
-        return [order[s:s + self.global_batch] for s in starts]
-
-    def _epoch_order(self, samples: list[dict[str, Any]], epoch: int) -> torch.Tensor:
-        # A private generator seeded by (seed, epoch): the order survives a restart mid-epoch.
-        generator = torch.Generator().manual_seed(_derived_seed(self.config.seed, epoch, "order"))
-        if self.config.balance_by:
-            return balanced_order(samples, self.config.balance_by, generator)
-        return torch.randperm(self.n_samples, generator=generator)
+        if epoch not in self._epoch:
+            # A private generator seeded by (seed, epoch): the batches survive a restart mid-epoch.
+            generator = torch.Generator().manual_seed(_derived_seed(self.config.seed, epoch, "order"))
+            order = None
+            if self.config.batches == "mixed":
+                order = (balanced_order(samples, self.config.balance_by, generator) if self.config.balance_by
+                         else torch.randperm(self.n_samples, generator=generator))
+            self._epoch = {epoch: self.batches.of_epoch(order, generator)}
+        accumulate = self.config.accumulate
+        return self._epoch[epoch][k * accumulate:(k + 1) * accumulate]
 
 
 def _train_step(model: MultimodalModel, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -234,7 +232,7 @@ def contrastive_backward(model: MultimodalModel, loss_fn: torch.nn.Module, batch
         The detached loss of the global batch and the loss's per-pair logs.
     """
     device = ctx.device
-    masks = {m: torch.tensor([m in s for s in batch], device=device) for m in Modality if any(m in s for s in batch)}
+    masks = {k: torch.tensor([k in s for s in batch], device=device) for k in input_keys(batch)}
     groups = None
     if patient_index is not None:
         groups = torch.tensor([patient_index[s[Field.META]["patient_id"]] for s in batch], device=device)
@@ -243,7 +241,7 @@ def contrastive_backward(model: MultimodalModel, loss_fn: torch.nn.Module, batch
     lo, hi = bounds[ctx.rank]
     local = batch[lo:hi] if lo < hi else []
 
-    def loss_of(embeddings: dict[Modality, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_of(embeddings: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         full = {}
         for m in masks:
             mine = embeddings.get(m)

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 
 import medfm.align  # noqa: F401  (registers the losses)
 from medfm.align import LossConfig, gram_volumes
+from medfm.align.pairs import select_pairs
 from medfm.config import validate_config
 from medfm.errors import ConfigError, MedfmError
-from medfm.keys import Modality
+from medfm.keys import Modality, report_of
 from medfm.registry import LOSSES
 
 CXR, ECG, REPORT = Modality.CXR, Modality.ECG, Modality.REPORT
@@ -434,3 +435,31 @@ def test_blockwise_infonce_equals_the_full_matrix_formula(same_patient, block_ro
     for want, got in zip(torch.autograd.grad(full, (a, b, scale)), torch.autograd.grad(blockwise, (a, b, scale)),
                          strict=True):
         assert torch.allclose(want, got, rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------- each image's own report
+OWN = {CXR: [1, 1, 1, 1, 0], ECG: [1, 1, 0, 1, 1],
+       report_of(CXR): [1, 1, 1, 0, 0], report_of(ECG): [0, 1, 0, 1, 1]}
+
+
+@pytest.mark.parametrize("name", ["infonce", "siglip"])
+def test_an_image_is_aligned_with_its_own_report_only(name):
+    embeddings, masks, scale = make_batch(presence=OWN)
+    loss_fn = LOSSES.get(name)(config(name=name, anchor=REPORT)).double()
+    loss, logs = loss_fn(embeddings, masks, scale)
+    assert {k for k in logs if k != "siglip_bias"} == {"cxr-report", "ecg-report"}
+    # The same as each image with its own reports posing as the one report of a batch of its own.
+    alone = [loss_fn({image: embeddings[image], REPORT: embeddings[report_of(image)]},
+                     {image: masks[image], REPORT: masks[report_of(image)]}, scale)[0] for image in (CXR, ECG)]
+    assert loss.item() == pytest.approx((sum(alone) / 2).item(), rel=1e-12)
+
+
+def test_all_pairs_never_pair_a_report_with_another_image():
+    pairs = select_pairs(list(OWN), "all", None)
+    assert pairs == [("cxr", "ecg"), ("cxr", report_of(CXR)), ("ecg", report_of(ECG))]
+
+
+def test_gram_refuses_per_image_reports():
+    embeddings, masks, scale = make_batch(presence=OWN)
+    with pytest.raises(MedfmError, match="report.cxr.*infonce or siglip"):
+        LOSSES.get("gram")(LossConfig(name="gram"))(embeddings, masks, scale)

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from medfm.evaluation.retrieval import cross_modal_retrieval, paired_recall_at_k
+from medfm.keys import Modality, report_of
+from medfm.pipeline import evaluate_retrieval
 
 
 def brute_force_recall(q, g, k):
@@ -43,3 +45,16 @@ def test_both_directions_and_shape_errors():
     with pytest.raises(ValueError, match="paired"):
         paired_recall_at_k(a, b[:5])
     assert paired_recall_at_k(np.zeros((0, 4)), np.zeros((0, 4))) == {"n": 0}
+
+
+def test_pipeline_matches_each_image_with_its_own_report():
+    images = torch.nn.functional.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    shuffled = images[[1, 2, 3, 4, 5, 0]]
+    embedded = {Modality.CXR: (images, [0, 1, 2, 3, 4, 5]),
+                report_of(Modality.CXR): (images[[0, 2, 4]], [0, 2, 4]),  # each study's own report
+                Modality.ECG: (images, [0, 1, 2, 3, 4, 5]),
+                Modality.REPORT: (shuffled, [0, 1, 2, 3, 4, 5])}  # no own report: the study's report
+    out = evaluate_retrieval(embedded)
+    assert out["cxr"]["image_to_report"]["n"] == 3
+    assert out["cxr"]["image_to_report"]["recall@1"] == 1.0
+    assert out["ecg"]["image_to_report"]["recall@1"] == 0.0

@@ -148,3 +148,23 @@ def test_every_checkpoint_file_is_as_readable_as_its_config(model, tmp_path):
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.name == "adapter_model.safetensors" for p in files)
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: expected for p in files}
+
+
+def test_a_frozen_text_model_trains_nothing_caches_everything_and_round_trips(tmp_path):
+    config = small_config()
+    config.encoders["report"]["lora"] = None
+    model = create_model(config, seed=0).eval()
+    text = model.encoders[Modality.REPORT]
+    assert not [n for n, p in text.named_parameters() if p.requires_grad]
+    assert model.projections[Modality.REPORT].weight.requires_grad  # the projection still learns
+    first = model.encode(Modality.REPORT, REPORTS)
+    assert len(text._prefix_cache) == len(REPORTS)  # every layer's output is cached: later epochs are free
+    config.encoders["report"]["cache_frozen_prefix"] = False
+    uncached = create_model(config, seed=0).eval()
+    uncached.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(uncached.encode(Modality.REPORT, REPORTS), first, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    assert not (tmp_path / "adapters").exists()
+    loaded = MultimodalModel.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded.encode(Modality.REPORT, REPORTS), first)

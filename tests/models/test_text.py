@@ -4,10 +4,12 @@ import pytest
 import torch
 
 from medfm.errors import ConfigError
-from medfm.keys import Field, Modality
-from medfm.models import ModelConfig, create_model
+from medfm.keys import Field, Modality, report_of
+from medfm.models import ModelConfig, create_model, load_model_config
 from medfm.models.text import HFTextConfig, HFTextEncoder, pool, text_model_path
 from medfm.train import TrainConfig, pretrain
+
+from ..conftest import REPO
 
 REPORTS = ["The heart is enlarged.", "No pleural effusion or pneumothorax is seen today.", "Sinus rhythm."]
 
@@ -132,3 +134,33 @@ def test_local_decoder_llm_trains_with_lora(tmp_path, kind):
 def test_a_folder_without_config_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="not a local model folder"):
         text_model_path(str(tmp_path))
+
+
+def test_sections_keep_findings_and_impression_and_leave_prompts_whole():
+    torch.manual_seed(0)
+    plain = HFTextEncoder(tiny_text("bert")).eval()
+    sections = HFTextEncoder(tiny_text("bert", sections=["findings", "impression"])).eval()
+    sections.load_state_dict(plain.state_dict())
+    report = "EXAMINATION: OCT macula, left eye. FINDINGS: Soft drusen. IMPRESSION: Drusen."
+    with torch.no_grad():
+        assert torch.allclose(sections([report]), plain(["Soft drusen. Drusen."]), atol=1e-6)
+        assert torch.allclose(sections(["No drusen."]), plain(["No drusen."]), atol=1e-6)
+
+
+def test_unknown_section_is_refused():
+    with pytest.raises(ValueError, match="sections must be"):
+        tiny_text("bert", sections=["findngs"])
+
+
+def test_own_reports_share_one_text_encoder_call_and_match_encoding_alone():
+    model = create_model(load_model_config(REPO / "configs/models/tiny.yaml"), seed=0).eval()
+    texts = {report_of(Modality.CXR): ["Cardiomegaly.", "Normal heart size."],
+             report_of(Modality.ECG): ["Atrial fibrillation."]}
+    batch = {**texts, Field.MASK: {k: torch.ones(len(v), dtype=torch.bool) for k, v in texts.items()}}
+    calls = []
+    model.encoders[Modality.REPORT].register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    with torch.no_grad():
+        out = model(batch)
+        for key, values in texts.items():
+            assert torch.allclose(out[key], model.encode(Modality.REPORT, values), atol=1e-6)
+    assert calls[0] == 3  # the batch's three texts in one call, then the two checks
