@@ -1,4 +1,10 @@
-"""ResNet option for 2D images (``cxr``, ``fundus``): MONAI's ResNet, globally pooled."""
+"""ResNet options: 2D images (``cxr``, ``fundus``) and volumes (``oct``, ``ct``); MONAI's ResNet, globally pooled.
+
+Where a modality has a few hundred studies, a convolutional network's locality bias
+learns small findings that a ViT trained from scratch does not: on the demo's fundus
+photos, the same contrastive run reached zero-shot AUROC 0.88 for drusen with
+``resnet2d`` and 0.58 with ``vit2d`` (docs/encoders.md).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,14 @@ from monai.networks.nets import ResNet
 from pydantic import Field, model_validator
 from torch import nn
 
+from medfm.config import Config
 from medfm.models.vision import Image2dInput, Image2dInputConfig
+from medfm.models.volume import VolumeInput, VolumeInputConfig
 from medfm.registry import ENCODERS
 
 
-class ResNet2dConfig(Image2dInputConfig):
-    """ResNet-18 by default (He et al. 2016): ``layers`` residual blocks per stage.
+class ResNetShape(Config):
+    """Depth and width of a ResNet, 2D or 3D.
 
     Attributes:
         block: ``basic`` (ResNet-18/34) or ``bottleneck`` (ResNet-50 and deeper, 4x wider output).
@@ -22,18 +30,77 @@ class ResNet2dConfig(Image2dInputConfig):
         widths: channels of the four stages; the output size is ``widths[-1]`` (x4 for bottleneck).
         norm: ``batch`` as in the paper, or ``instance`` where batches are tiny or mix
             sites whose statistics should not be pooled.
+        pool: how the last feature map becomes one vector: ``avg`` as in the paper;
+            ``max`` or ``avgmax`` (both, concatenated) where a finding is a few voxels
+            anywhere in the volume (a lung nodule), which an average over the whole map
+            dilutes.
     """
 
     block: Literal["basic", "bottleneck"] = "basic"
     layers: list[int] = Field(default_factory=lambda: [2, 2, 2, 2], min_length=4, max_length=4)
     widths: list[int] = Field(default_factory=lambda: [64, 128, 256, 512], min_length=4, max_length=4)
     norm: Literal["batch", "instance"] = "batch"
+    pool: Literal["avg", "max", "avgmax"] = "avg"
+
+    @property
+    def out_dim(self) -> int:
+        return self.widths[-1] * (4 if self.block == "bottleneck" else 1) * (2 if self.pool == "avgmax" else 1)
 
     @model_validator(mode="after")
-    def _positive(self) -> ResNet2dConfig:
+    def _positive(self) -> ResNetShape:
         if any(n < 1 for n in self.layers) or any(w < 1 for w in self.widths):
             raise ValueError(f"layers {self.layers} and widths {self.widths} must all be positive")
         return self
+
+
+class ResNet2dConfig(ResNetShape, Image2dInputConfig):
+    """ResNet-18 by default (He et al. 2016) on a 2D image; see :class:`ResNetShape`."""
+
+
+class ResNet3dConfig(ResNetShape, VolumeInputConfig):
+    """A 3D ResNet on a volume; see :class:`ResNetShape` and :class:`VolumeInputConfig`.
+
+    Attributes:
+        stem_kernel: ``(D, H, W)`` kernel of the first convolution; thin along an axis with
+            few voxels (the 16 B-scans of an OCT cube, thick CT slices).
+        stem_stride: its stride; max pooling then halves every axis (rounding up), as does
+            each of stages 2-4: stage 4 sees ``image_size / (16 × stem_stride)`` voxels.
+    """
+
+    stem_kernel: tuple[int, int, int] = (3, 7, 7)
+    stem_stride: tuple[int, int, int] = (1, 2, 2)
+
+    @model_validator(mode="after")
+    def _stem_fits(self) -> ResNet3dConfig:
+        if min(self.stem_kernel) < 1 or min(self.stem_stride) < 1:
+            raise ValueError(f"stem_kernel {list(self.stem_kernel)} and stem_stride {list(self.stem_stride)} "
+                             "must be positive")
+        return self
+
+
+def _monai_resnet(config: ResNetShape, spatial_dims: int, in_channels: int, stem_kernel, stem_stride) -> ResNet:
+    net = ResNet(
+        block=config.block, layers=list(config.layers), block_inplanes=list(config.widths),
+        spatial_dims=spatial_dims, n_input_channels=in_channels, conv1_t_size=stem_kernel,
+        conv1_t_stride=stem_stride, feed_forward=False,
+        norm=config.norm if config.norm == "batch" else ("instance", {"affine": True}),
+    )
+    if config.pool != "avg":  # MONAI flattens whatever its avgpool returns
+        net.avgpool = GlobalPool(config.pool)
+    return net
+
+
+class GlobalPool(nn.Module):
+    """``max`` or ``avgmax`` (average and maximum, concatenated) over every spatial axis, keeping them as size 1."""
+
+    def __init__(self, kind: Literal["max", "avgmax"]):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        axes = tuple(range(2, x.ndim))
+        peak = x.amax(axes, keepdim=True)
+        return peak if self.kind == "max" else torch.cat([x.mean(axes, keepdim=True), peak], dim=1)
 
 
 @ENCODERS.register("resnet2d")
@@ -50,12 +117,24 @@ class ResNet2dEncoder(Image2dInput, nn.Module):
     def __init__(self, config: ResNet2dConfig):
         super().__init__()
         self.config = config
-        self.net = ResNet(
-            block=config.block, layers=list(config.layers), block_inplanes=list(config.widths), spatial_dims=2,
-            n_input_channels=config.in_channels, conv1_t_size=7, conv1_t_stride=2, feed_forward=False,
-            norm=config.norm if config.norm == "batch" else ("instance", {"affine": True}),
-        )
-        self.out_dim = config.widths[-1] * (4 if config.block == "bottleneck" else 1)
+        self.net = _monai_resnet(config, 2, config.in_channels, 7, 2)
+        self.out_dim = config.out_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+
+@ENCODERS.register("resnet3d")
+class ResNet3dEncoder(VolumeInput, nn.Module):
+    """MONAI ``ResNet`` in 3D with its classifier removed; the input contract is ``vit3d``'s."""
+
+    Config = ResNet3dConfig
+
+    def __init__(self, config: ResNet3dConfig):
+        super().__init__()
+        self.config = config
+        self.net = _monai_resnet(config, 3, 1, config.stem_kernel, config.stem_stride)
+        self.out_dim = config.out_dim
+
+    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
+        return self.net(volumes)

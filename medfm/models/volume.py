@@ -1,7 +1,9 @@
-"""3D volume encoder (``oct``, ``ct``): a ViT over anisotropic patches.
+"""3D volume encoders (``oct``, ``ct``): a ViT over anisotropic patches, and their shared input contract.
 
 One class serves both modalities; what differs (voxel size, orientation, intensity
-window, patch shape) is configuration, written in ``configs/models/*.yaml``.
+window, patch shape) is configuration, written in ``configs/models/*.yaml``. The input
+half (:class:`VolumeInputConfig`, :class:`VolumeInput`) is shared with ``resnet3d``
+(:mod:`medfm.models.resnet`).
 """
 
 from __future__ import annotations
@@ -22,13 +24,11 @@ from medfm.registry import ENCODERS
 _OPPOSITE = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
 
 
-class ViT3dConfig(Config):
-    """Keys of ``vit3d``; every size is a parameter so a tiny CPU config always exists.
+class VolumeInputConfig(Config):
+    """How a volume becomes an encoder input; the keys every 3D encoder shares.
 
     Attributes:
         image_size: input ``(D, H, W)`` voxels after resampling and crop/pad.
-        patch_size: ``(pd, ph, pw)``; anisotropic because OCT B-scan stacks and thick-slice
-            CT have few voxels along one axis, where a cubic patch would leave 1-2 tokens.
         spacing_mm: target voxel size per axis, mm; ``image_size * spacing_mm`` is the field.
         orientation: direction letters (one per ``D, H, W`` axis) the volume is turned to.
         normalise: ``window`` (fixed ``window`` in stored units, for CT's Hounsfield units),
@@ -37,31 +37,16 @@ class ViT3dConfig(Config):
     """
 
     image_size: tuple[int, int, int] = (32, 64, 64)
-    patch_size: tuple[int, int, int] = (4, 16, 16)
     spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
     orientation: str = "SPL"
     normalise: Literal["window", "zscore", "minmax"] = "zscore"
     window: tuple[float, float] | None = None
-    hidden_size: int = Field(192, ge=8)
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(3, ge=1)
-    mlp_dim: int = Field(768, ge=8)
-    dropout: float = Field(0.0, ge=0, lt=1)
 
-    @field_validator("image_size", "patch_size")
+    @field_validator("image_size")
     @classmethod
     def _positive_sizes(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
         if min(value) < 1:
             raise ValueError(f"sizes must be positive, got {list(value)}")
-        return value
-
-    @field_validator("patch_size")
-    @classmethod
-    def _patches_tile_the_volume(cls, value: tuple[int, int, int], info: ValidationInfo) -> tuple[int, int, int]:
-        size = info.data.get("image_size")
-        if size is not None and any(s % p for s, p in zip(size, value, strict=True)):
-            raise ValueError(f"patch_size {list(value)} does not divide image_size {list(size)} on every axis "
-                             "(D, H, W)")
         return value
 
     @field_validator("spacing_mm")
@@ -88,6 +73,60 @@ class ViT3dConfig(Config):
             raise ValueError(f"window low {value[0]} must be below high {value[1]}")
         return value
 
+    @model_validator(mode="after")
+    def _window_for_window(self) -> VolumeInputConfig:
+        if self.normalise == "window" and self.window is None:
+            raise ValueError("window: normalise is 'window' but no window (lo, hi) is given")
+        return self
+
+
+class VolumeInput:
+    """Input contract and transform of a 3D encoder whose ``config`` is a :class:`VolumeInputConfig`."""
+
+    config: VolumeInputConfig
+
+    def input_spec(self) -> dict:
+        """Every parameter :func:`volume_to_input` depends on; part of the cache key and checkpoint."""
+        c = self.config
+        return {
+            "transform": "volume_to_input", "version": VOLUME_TRANSFORM_VERSION,
+            "shape": list(c.image_size), "axis_order": "DHW", "channels": 1,
+            "orientation": c.orientation, "spacing_mm": list(c.spacing_mm),
+            "resample": "gaussian_antialias+trilinear",
+            "normalise": c.normalise, "window": None if c.window is None else list(c.window),
+        }
+
+    def preprocess(self, image: Image) -> torch.Tensor:
+        c = self.config
+        return volume_to_input(image, c.image_size, c.spacing_mm, c.window, c.normalise, c.orientation)
+
+
+class ViT3dConfig(VolumeInputConfig):
+    """Keys of ``vit3d``; every size is a parameter so a tiny CPU config always exists.
+
+    Attributes:
+        patch_size: ``(pd, ph, pw)``; anisotropic because OCT B-scan stacks and thick-slice
+            CT have few voxels along one axis, where a cubic patch would leave 1-2 tokens.
+    """
+
+    patch_size: tuple[int, int, int] = (4, 16, 16)
+    hidden_size: int = Field(192, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(3, ge=1)
+    mlp_dim: int = Field(768, ge=8)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("patch_size")
+    @classmethod
+    def _patches_tile_the_volume(cls, value: tuple[int, int, int], info: ValidationInfo) -> tuple[int, int, int]:
+        if min(value) < 1:
+            raise ValueError(f"sizes must be positive, got {list(value)}")
+        size = info.data.get("image_size")
+        if size is not None and any(s % p for s, p in zip(size, value, strict=True)):
+            raise ValueError(f"patch_size {list(value)} does not divide image_size {list(size)} on every axis "
+                             "(D, H, W)")
+        return value
+
     @field_validator("num_heads")
     @classmethod
     def _heads_divide(cls, value: int, info: ValidationInfo) -> int:
@@ -96,12 +135,6 @@ class ViT3dConfig(Config):
             raise ValueError(f"hidden_size {hidden} is not a multiple of num_heads {value}")
         return value
 
-    @model_validator(mode="after")
-    def _window_for_window(self) -> ViT3dConfig:
-        if self.normalise == "window" and self.window is None:
-            raise ValueError("window: normalise is 'window' but no window (lo, hi) is given")
-        return self
-
     @property
     def grid(self) -> tuple[int, int, int]:
         """Patch tokens per axis."""
@@ -109,7 +142,7 @@ class ViT3dConfig(Config):
 
 
 @ENCODERS.register("vit3d")
-class ViT3dEncoder(nn.Module):
+class ViT3dEncoder(VolumeInput, nn.Module):
     """MONAI's ViT with ``spatial_dims=3`` and anisotropic patches, mean-pooled over tokens.
 
     No convolutional stem (unlike ``vit2d``): patches must stay independent for MAE
@@ -136,18 +169,3 @@ class ViT3dEncoder(nn.Module):
     def forward(self, volumes: torch.Tensor) -> torch.Tensor:
         tokens, _ = self.vit(volumes)
         return tokens.mean(dim=1)
-
-    def input_spec(self) -> dict:
-        """Every parameter :func:`volume_to_input` depends on; part of the cache key and checkpoint."""
-        c = self.config
-        return {
-            "transform": "volume_to_input", "version": VOLUME_TRANSFORM_VERSION,
-            "shape": list(c.image_size), "axis_order": "DHW", "channels": 1,
-            "orientation": c.orientation, "spacing_mm": list(c.spacing_mm),
-            "resample": "gaussian_antialias+trilinear",
-            "normalise": c.normalise, "window": None if c.window is None else list(c.window),
-        }
-
-    def preprocess(self, image: Image) -> torch.Tensor:
-        c = self.config
-        return volume_to_input(image, c.image_size, c.spacing_mm, c.window, c.normalise, c.orientation)

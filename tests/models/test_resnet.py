@@ -1,12 +1,13 @@
-"""resnet2d and the 2D input contracts it shares with vit2d."""
+"""resnet2d and resnet3d, and the input contracts they share with vit2d and vit3d."""
 
 import pytest
 import torch
 
 from medfm.config import validate_config
 from medfm.errors import ConfigError
-from medfm.models.resnet import ResNet2dConfig
+from medfm.models.resnet import GlobalPool, ResNet2dConfig, ResNet3dConfig, ResNet3dEncoder
 from medfm.models.vision import ViT2dConfig, ViT2dEncoder
+from medfm.models.volume import ViT3dConfig, ViT3dEncoder
 from medfm.registry import ENCODERS
 
 SMALL = dict(image_size=64, layers=[1, 1, 1, 1], widths=[8, 8, 16, 16])
@@ -50,3 +51,21 @@ def test_bad_stage_list_names_its_key():
     with pytest.raises(ConfigError) as err:
         validate_config({"layers": [2, 2, 2]}, ResNet2dConfig, "model.yaml")
     assert err.value.key == "layers"
+
+
+def test_global_pools_are_mean_and_max_over_every_spatial_axis():
+    x = torch.zeros(2, 3, 4, 5, 6)
+    x[1, 2, 3, 4, 5] = 120.0  # one hot voxel, e.g. a nodule's response
+    assert torch.equal(GlobalPool("max")(x).flatten(1)[1], torch.tensor([0.0, 0.0, 120.0]))
+    both = GlobalPool("avgmax")(x).flatten(1)
+    assert both.shape == (2, 6)
+    assert torch.allclose(both[1], torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 120.0]))
+
+
+def test_resnet3d_takes_vit3d_input_contract_and_doubles_width_for_avgmax():
+    common = {"image_size": [16, 32, 32], "spacing_mm": [1.0, 1.0, 1.0], "orientation": "SPL",
+              "normalise": "zscore", "layers": [1, 1, 1, 1], "widths": [4, 4, 8, 8]}
+    encoder = ResNet3dEncoder(ResNet3dConfig.model_validate({**common, "pool": "avgmax"}))
+    vit = ViT3dEncoder(ViT3dConfig.model_validate({k: v for k, v in common.items() if k not in ("layers", "widths")}))
+    assert encoder.input_spec() == vit.input_spec()  # the same cache entries and checkpoint contract
+    assert encoder(torch.randn(2, 1, 16, 32, 32)).shape == (2, encoder.out_dim) and encoder.out_dim == 16
