@@ -13,13 +13,13 @@ from .conftest import REPO
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    cohort = (REPO / "cohorts/demo_six.yaml").read_text()
+    cohort = (REPO / "cohorts/demo.yaml").read_text()
     cohort = cohort.replace("../data/demo/manifest.csv", "data/manifest.csv").replace("patients: 600", "patients: 60")
     (root / "cohort.yaml").write_text(cohort)
     (root / "pipeline.yaml").write_text(
         "name: tiny\noutput_dir: out\ncohort: cohort.yaml\n"
         f"model: {REPO}/configs/models/tiny.yaml\ntrain: {REPO}/configs/train/tiny.yaml\n"
-        f"plan: {REPO}/evaluation/plans/demo_six_zero_shot.yaml\n")
+        f"plan: {REPO}/evaluation/plans/demo_zero_shot.yaml\n")
     assert main(["run", str(root / "pipeline.yaml")]) == 0
     return root
 

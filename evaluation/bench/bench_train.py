@@ -144,6 +144,25 @@ def base_encoders(peak: float, batches: dict[str, int] | None = None,
 
 # -- 3. full multimodal step -----------------------------------------------------------------
 
+def _encoder_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """Each encoder's packed input in a collated batch; every report key's texts go to the report encoder."""
+    from medfm.keys import Field, Modality, is_text
+
+    inputs: dict[str, Any] = {}
+    for key in batch[Field.MASK]:
+        if is_text(key):
+            inputs.setdefault(Modality.REPORT, []).extend(batch[key])
+        else:
+            inputs[Modality(key)] = batch[key]
+    return inputs
+
+
+def _forward_backward(encoder: torch.nn.Module, inputs: Any) -> None:
+    out = encoder(inputs)
+    if out.requires_grad:  # a frozen text model has nothing to backpropagate into
+        out.sum().backward()
+
+
 def full_step(n_patients: int = 48, batch_size: int = 32, timed_epochs: int = 2) -> dict[str, Any]:
     """The demo model's training step as ``pretrain`` runs it, against its encoders alone.
 
@@ -159,7 +178,6 @@ def full_step(n_patients: int = 48, batch_size: int = 32, timed_epochs: int = 2)
     from medfm.cohort.synth import synthesize_cohort
     from medfm.data.cache import PreprocessCache
     from medfm.data.dataset import CohortDataset, collate_samples, materialize
-    from medfm.keys import Field
     from medfm.models import create_model, load_model_config
     from medfm.train.config import TrainConfig
     from medfm.train.distributed import DistContext
@@ -167,8 +185,11 @@ def full_step(n_patients: int = 48, batch_size: int = 32, timed_epochs: int = 2)
     from medfm.train.precision import resolve_precision
 
     model_config = load_model_config(DEMO)
+    # Mixed batches of whole visits, so one step runs every encoder (the demo itself trains
+    # one modality per batch; the issue's target is the step with all encoders).
     train_config = TrainConfig.model_validate({**yaml.safe_load((ROOT / "configs/train/demo.yaml").read_text()),
-                                               "precision": "fp32", "checkpoint_every_steps": None})
+                                               "precision": "fp32", "checkpoint_every_steps": None,
+                                               "batches": "mixed", "repeat": {}})
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         tmp = Path(tmp)
         manifest = synthesize_cohort(tmp / "cohort", n_patients=n_patients, seed=0, progress=False)
@@ -216,11 +237,9 @@ def full_step(n_patients: int = 48, batch_size: int = 32, timed_epochs: int = 2)
                 batch = collate_samples(samples)
                 collate = time.perf_counter() - tick
                 alone = {}
-                for m in model.modalities:
-                    if m in batch[Field.MASK]:
-                        model.zero_grad(set_to_none=True)
-                        alone[str(m)] = _seconds(
-                            lambda m=m, batch=batch: model.encoders[m](batch[m]).sum().backward())
+                for m, inputs in _encoder_inputs(batch).items():
+                    model.zero_grad(set_to_none=True)
+                    alone[str(m)] = _seconds(lambda m=m, inputs=inputs: _forward_backward(model.encoders[m], inputs))
                 model.zero_grad(set_to_none=True)
                 steps += 1
                 if epoch == 0:

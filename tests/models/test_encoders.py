@@ -63,12 +63,30 @@ def test_text_prefix_cache_gives_the_full_forward(tiny):
     assert torch.allclose(cached, full, atol=1e-5)
 
 
+def minilm_with_lora(lora=None):
+    """The demo model, its packaged MiniLM tuned by LoRA on the last layer (the shipped demo keeps it frozen)."""
+    config = load_model_config(REPO / "configs/models/demo.yaml")
+    config.encoders["report"]["lora"] = lora or {"r": 8, "alpha": 16, "dropout": 0.0, "layers": [5],
+                                                 "target_modules": ["query", "key", "value", "dense"]}
+    return create_model(config, seed=0)
+
+
 def test_only_lora_and_new_modules_train():
-    model = create_model(load_model_config(REPO / "configs/models/demo.yaml"), seed=0)
-    text = model.encoders[Modality.REPORT]
+    text = minilm_with_lora().encoders[Modality.REPORT]
     trainable = [n for n, p in text.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert all(".layer.5." in n for n in trainable)
+
+
+def test_the_demo_text_model_is_frozen_and_left_out_of_checkpoints(tmp_path):
+    model = create_model(load_model_config(REPO / "configs/models/demo.yaml"), seed=0)
+    assert not [n for n, p in model.encoders[Modality.REPORT].named_parameters() if p.requires_grad]
+    model.save_pretrained(tmp_path)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if k.startswith("encoders.report.")]
+    assert not (tmp_path / "adapters").exists()
 
 
 @pytest.mark.parametrize("config_name", ["tiny", "demo"])
@@ -90,7 +108,7 @@ def test_save_load_gives_identical_outputs(tmp_path, config_name):
 
 
 def test_pretrained_text_weights_are_not_copied_into_the_checkpoint(tmp_path):
-    model = create_model(load_model_config(REPO / "configs/models/demo.yaml"), seed=0)
+    model = minilm_with_lora()
     model.save_pretrained(tmp_path)
     from safetensors import safe_open
 
