@@ -8,9 +8,11 @@ photos, the same contrastive run reached zero-shot AUROC 0.88 for drusen with
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
+from monai.networks.layers.utils import get_norm_layer
 from monai.networks.nets import ResNet
 from pydantic import Field, model_validator
 from torch import nn
@@ -28,8 +30,10 @@ class ResNetShape(Config):
         block: ``basic`` (ResNet-18/34) or ``bottleneck`` (ResNet-50 and deeper, 4x wider output).
         layers: blocks in each of the four stages.
         widths: channels of the four stages; the output size is ``widths[-1]`` (x4 for bottleneck).
-        norm: ``batch`` as in the paper, or ``instance`` where batches are tiny or mix
-            sites whose statistics should not be pooled.
+        norm: ``batch`` as in the paper; ``instance`` where batches are tiny or mix
+            sites whose statistics should not be pooled; ``group`` (GroupNorm, 8 groups)
+            with up to 32 groups of at least 2 channels, so it normalises even a single study
+            whose last stage is one voxel, which batch norm cannot (refused when the config loads).
         pool: how the last feature map becomes one vector: ``avg`` as in the paper;
             ``max`` or ``avgmax`` (both, concatenated) where a finding is a few voxels
             anywhere in the volume (a lung nodule), which an average over the whole map
@@ -39,7 +43,7 @@ class ResNetShape(Config):
     block: Literal["basic", "bottleneck"] = "basic"
     layers: list[int] = Field(default_factory=lambda: [2, 2, 2, 2], min_length=4, max_length=4)
     widths: list[int] = Field(default_factory=lambda: [64, 128, 256, 512], min_length=4, max_length=4)
-    norm: Literal["batch", "instance"] = "batch"
+    norm: Literal["batch", "instance", "group"] = "batch"
     pool: Literal["avg", "max", "avgmax"] = "avg"
 
     @property
@@ -50,11 +54,31 @@ class ResNetShape(Config):
     def _positive(self) -> ResNetShape:
         if any(n < 1 for n in self.layers) or any(w < 1 for w in self.widths):
             raise ValueError(f"layers {self.layers} and widths {self.widths} must all be positive")
+        if self.norm == "group" and min(self.widths) < 2:
+            raise ValueError(f"norm: group needs at least 2 channels per group; widths {self.widths} must be >= 2")
         return self
+
+    def _last_stage_fits_batch_norm(self, stem_stride: tuple[int, ...]) -> None:
+        """Batch norm of a one-study batch over a 1-voxel map has nothing to normalise; say so now."""
+        if self.norm == "batch" and math.prod(last_stage_size(self.image_size, stem_stride)) == 1:
+            raise ValueError(f"the last stage is a single voxel for image_size {self.image_size}, so batch norm fails "
+                             "on a batch with one study of this modality; use norm: group (or instance), a larger "
+                             "image_size or a smaller stem_stride")
+
+
+def last_stage_size(image_size: int | tuple[int, ...], stem_stride: tuple[int, ...]) -> tuple[int, ...]:
+    """Map size of stage 4: the strided stem, max pooling and stages 2-4 each divide an axis, rounding up."""
+    sizes = (image_size,) * len(stem_stride) if isinstance(image_size, int) else tuple(image_size)
+    return tuple(math.ceil(math.ceil(s / t) / 16) for s, t in zip(sizes, stem_stride, strict=True))
 
 
 class ResNet2dConfig(ResNetShape, Image2dInputConfig):
     """ResNet-18 by default (He et al. 2016) on a 2D image; see :class:`ResNetShape`."""
+
+    @model_validator(mode="after")
+    def _norm_fits(self) -> ResNet2dConfig:
+        self._last_stage_fits_batch_norm((2, 2))
+        return self
 
 
 class ResNet3dConfig(ResNetShape, VolumeInputConfig):
@@ -75,6 +99,7 @@ class ResNet3dConfig(ResNetShape, VolumeInputConfig):
         if min(self.stem_kernel) < 1 or min(self.stem_stride) < 1:
             raise ValueError(f"stem_kernel {list(self.stem_kernel)} and stem_stride {list(self.stem_stride)} "
                              "must be positive")
+        self._last_stage_fits_batch_norm(self.stem_stride)
         return self
 
 
@@ -83,11 +108,29 @@ def _monai_resnet(config: ResNetShape, spatial_dims: int, in_channels: int, stem
         block=config.block, layers=list(config.layers), block_inplanes=list(config.widths),
         spatial_dims=spatial_dims, n_input_channels=in_channels, conv1_t_size=stem_kernel,
         conv1_t_stride=stem_stride, feed_forward=False,
-        norm=config.norm if config.norm == "batch" else ("instance", {"affine": True}),
     )
+    if config.norm != "batch":
+        _replace_batch_norm(net, spatial_dims, config.norm)
     if config.pool != "avg":  # MONAI flattens whatever its avgpool returns
         net.avgpool = GlobalPool(config.pool)
     return net
+
+
+def _replace_batch_norm(module: nn.Module, spatial_dims: int, norm: str) -> None:
+    """Swap every batch norm for ``norm``: MONAI 1.6's ResNet applies its ``norm`` to the stem only."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            channels = child.num_features
+            spec = (("instance", {"affine": True}) if norm == "instance"
+                    else ("group", {"num_groups": _groups(channels)}))
+            setattr(module, name, get_norm_layer(name=spec, spatial_dims=spatial_dims, channels=channels))
+        else:
+            _replace_batch_norm(child, spatial_dims, norm)
+
+
+def _groups(channels: int) -> int:
+    """The most groups, up to GroupNorm's usual 32, that divide ``channels`` into groups of at least 2."""
+    return next(g for g in range(min(32, channels // 2), 0, -1) if channels % g == 0)
 
 
 class GlobalPool(nn.Module):

@@ -65,7 +65,21 @@ def test_global_pools_are_mean_and_max_over_every_spatial_axis():
 def test_resnet3d_takes_vit3d_input_contract_and_doubles_width_for_avgmax():
     common = {"image_size": [16, 32, 32], "spacing_mm": [1.0, 1.0, 1.0], "orientation": "SPL",
               "normalise": "zscore", "layers": [1, 1, 1, 1], "widths": [4, 4, 8, 8]}
-    encoder = ResNet3dEncoder(ResNet3dConfig.model_validate({**common, "pool": "avgmax"}))
+    encoder = ResNet3dEncoder(ResNet3dConfig.model_validate({**common, "pool": "avgmax", "stem_stride": [1, 1, 1]}))
     vit = ViT3dEncoder(ViT3dConfig.model_validate({k: v for k, v in common.items() if k not in ("layers", "widths")}))
     assert encoder.input_spec() == vit.input_spec()  # the same cache entries and checkpoint contract
     assert encoder(torch.randn(2, 1, 16, 32, 32)).shape == (2, encoder.out_dim) and encoder.out_dim == 16
+
+
+def test_batch_norm_over_a_one_voxel_last_stage_is_refused_and_group_norm_takes_one_study():
+    shape = {"image_size": [16, 32, 32], "layers": [1, 1, 1, 1], "widths": [8, 8, 8, 8]}
+    with pytest.raises(ValueError, match="single voxel.*norm: group"):
+        ResNet3dConfig.model_validate(shape)  # stage 4 is 1x1x1: a one-study batch cannot be batch-normalised
+    encoder = ResNet3dEncoder(ResNet3dConfig.model_validate({**shape, "norm": "group"})).train()
+    out = encoder(torch.randn(1, 1, 16, 32, 32))
+    out.sum().backward()
+    assert out.shape == (1, 8)
+    with pytest.raises(ValueError, match="at least 2 channels"):
+        ResNet3dConfig.model_validate({**shape, "norm": "group", "widths": [1, 8, 8, 8]})
+    norms = {type(m).__name__ for m in encoder.modules() if "Norm" in type(m).__name__}
+    assert norms == {"GroupNorm"}  # every block, not only the stem as MONAI's own norm argument does
