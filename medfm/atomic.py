@@ -1,11 +1,13 @@
 """Atomic file writes: write a temporary sibling, then rename it over the target.
 
 A crash or an exception mid-write leaves the previous file as it was, never a
-half-written one; the temporary file is removed on failure.
+half-written one; the temporary file is removed on failure. Also the digest that
+checkpoints and indexes record for the files they write (:func:`sha256_file`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -74,3 +76,12 @@ def write_text_atomic(path: str | Path, text: str, durable: bool = True) -> Path
 
 def write_json_atomic(path: str | Path, data: Any, **dumps: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, **dumps))
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -14,7 +14,6 @@ version is listed with its SHA-256 in ``index.json`` and checked on load.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sqlite3
@@ -27,7 +26,7 @@ import faiss
 import numpy as np
 from pydantic import Field
 
-from medfm.atomic import write_json_atomic, write_text_atomic
+from medfm.atomic import sha256_file, write_json_atomic, write_text_atomic
 from medfm.config import Config
 from medfm.errors import MedfmError, MedfmReadError
 
@@ -228,7 +227,7 @@ class CaseIndex:
         with sqlite3.connect(version / "cases.sqlite") as out:
             self.db.backup(out)
         out.close()
-        files = {name: _sha256(version / name) for name in ("vectors.faiss", "cases.sqlite")}
+        files = {name: sha256_file(version / name) for name in ("vectors.faiss", "cases.sqlite")}
         write_json_atomic(version / "index.json", {
             "format": FORMAT, "dim": self.dim, "kind": self.kind, "cases": len(self),
             "recall_at_10": self.recall_at_10, "config": self.config.model_dump(mode="json"), "files": files})
@@ -255,7 +254,7 @@ class CaseIndex:
             raise IndexFileError(version / "index.json", f"format {meta.get('format')!r}, expected {FORMAT!r}")
         for name, digest in meta["files"].items():
             path = version / name
-            if not path.is_file() or _sha256(path) != digest:
+            if not path.is_file() or sha256_file(path) != digest:
                 raise IndexFileError(path, "missing, or changed since the index was written (SHA-256 differs)")
         index = cls(meta["dim"], IndexConfig.model_validate(meta["config"]), meta["kind"])
         index.recall_at_10 = meta["recall_at_10"]
@@ -273,10 +272,3 @@ def _unit_rows(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

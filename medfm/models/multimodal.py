@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from medfm import __version__
-from medfm.atomic import write_atomic, write_json_atomic
+from medfm.atomic import sha256_file, write_atomic, write_json_atomic
 from medfm.errors import CheckpointError, InputContractError
 from medfm.io.wfdb import ECGRecord
 from medfm.keys import STANDARD_LEADS, Field, Modality, encoder_of, is_text
@@ -349,9 +348,5 @@ def _sha256(path: Path) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _sha256_of_version(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
