@@ -11,17 +11,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medfm-installed
 
-.PHONY: demo test test-all bench install clean FORCE
+.PHONY: demo test test-all bench install system-packages clean FORCE
 
 demo: $(STAMP)
 	$(BIN)/medfm run pipelines/demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(BIN)/ruff check medfm tests evaluation
 	$(BIN)/python -m pytest -q
 
 # Also runs the tests marked slow.
-test-all: $(STAMP)
+test-all: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q --runslow
 
 bench: $(STAMP)
@@ -39,6 +39,16 @@ $(STAMP): FORCE | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC); \
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"; \
 	echo "$(TORCH_SPEC)" > $@
+
+# What the tests start: a DICOMweb server (Orthanc) for ingest, a headless browser for the
+# search page. Installed with apt-get (as root, or through sudo) only when missing.
+SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium chromium-driver
+system-packages:
+	@if command -v Orthanc >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
+		&& command -v chromium >/dev/null; then exit 0; fi; \
+	set -e; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	$$SUDO apt-get update -qq; \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES)
 
 clean:
 	rm -rf $(VENV) runs data build *.egg-info

@@ -69,7 +69,81 @@ def _parser() -> argparse.ArgumentParser:
     describe.add_argument("--out", type=Path, help="folder for cohort_description.{json,md} "
                                                    "(default runs/cohort-<name>)")
     describe.set_defaults(func=_describe)
+
+    _index_parsers(verbs)
+    search = verbs.add_parser("search", help="similar cases to a file, a text or an indexed study")
+    search.add_argument("--index", type=Path, required=True, help="index folder (medfm index build)")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("file", type=Path, nargs="?", help="DICOM file or series folder, WFDB record, PNG/JPEG, "
+                       "NIfTI, OCT vendor file, or a zip of one study")
+    query.add_argument("--text", help='a finding in words, e.g. "small left pleural effusion"')
+    query.add_argument("--study", help="an indexed study id (with --as if it has several modalities)")
+    search.add_argument("--as", dest="query_modality", metavar="MODALITY",
+                        help="modality of the query file or study, where it cannot be told (NIfTI)")
+    search.add_argument("-k", type=int, default=10, help="number of cases (default 10)")
+    _filter_arguments(search)
+    search.add_argument("--include-own-patient", action="store_true",
+                        help="also return the query patient's other studies (left out by default)")
+    search.add_argument("--model", type=Path, help="checkpoint (default: the one the index was built with)")
+    search.add_argument("--json", action="store_true", help="machine-readable output")
+    search.set_defaults(func=_search)
+
+    serve = verbs.add_parser("serve", help="the similar-case search web page and HTTP API")
+    serve.add_argument("--index", type=Path, required=True, help="index folder (medfm index build)")
+    serve.add_argument("--model", type=Path, help="checkpoint (default: the one the index was built with)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--token-file", type=Path, help="file holding the access token "
+                       "(default: the MEDFM_TOKEN environment variable)")
+    serve.set_defaults(func=_serve)
+
+    ingest = verbs.add_parser("ingest", help="pull studies into a cohort").add_subparsers(metavar="SOURCE")
+    dicomweb = ingest.add_parser("dicomweb", help="from a DICOMweb server (QIDO-RS search, WADO-RS retrieve)")
+    dicomweb.add_argument("url", help="DICOMweb root, e.g. http://pacs:8042/dicom-web")
+    dicomweb.add_argument("--cohort", type=Path, required=True, help="cohort YAML whose storage and manifest "
+                          "receive the studies")
+    dicomweb.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                          help="QIDO-RS study filter, e.g. ModalitiesInStudy=CR or StudyDate=20240101-20241231")
+    dicomweb.add_argument("--limit", type=int, help="at most this many studies")
+    dicomweb.add_argument("--index", type=Path, help="also add the new studies to this index")
+    dicomweb.add_argument("--model", type=Path, help="checkpoint that embeds them (default: the index's)")
+    dicomweb.set_defaults(func=_ingest_dicomweb)
     return parser
+
+
+def _filter_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--modality", help="only cases of this modality")
+    parser.add_argument("--site")
+    parser.add_argument("--device")
+    parser.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="studies on or after this date")
+    parser.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="studies on or before this date")
+
+
+def _index_parsers(verbs) -> None:
+    index = verbs.add_parser("index", help="similar-case index: build, add, remove, info").add_subparsers(
+        metavar="ACTION")
+    for action, text in (("build", "embed every study of a cohort into a new index (resumes an interrupted build)"),
+                         ("add", "embed the cohort's studies the index lacks")):
+        parser = index.add_parser(action, help=text)
+        parser.add_argument("--model", type=Path, required=True, help="checkpoint folder")
+        parser.add_argument("--cohort", type=Path, required=True, help="cohort YAML")
+        parser.add_argument("--out" if action == "build" else "--index", dest="index", type=Path, required=True,
+                            help="index folder")
+        parser.add_argument("--batch", type=int, default=64, help="studies per chunk (default 64)")
+        parser.add_argument("--cache", type=Path, help="preprocessing cache folder to read through")
+        if action == "build":
+            parser.add_argument("--kind", choices=["auto", "exact", "hnsw"], default="auto",
+                                help="exact search, HNSW, or auto: exact below 50,000 cases")
+            parser.add_argument("--fresh", action="store_true", help="discard an index or unfinished build there")
+        parser.set_defaults(func=_index_update, action=action)
+    remove = index.add_parser("remove", help="remove studies (every modality of each)")
+    remove.add_argument("--index", type=Path, required=True)
+    remove.add_argument("studies", nargs="+", help="study ids")
+    remove.set_defaults(func=_index_remove)
+    info = index.add_parser("info", help="what an index holds")
+    info.add_argument("--index", type=Path, required=True)
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=_index_info)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -87,10 +161,20 @@ def _run(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"macro AUROC {results['zero_shot']['macro_auroc']:.3f}  ·  "
                   f"total {results['timing']['total_s']:.0f} s")
-    report = Path(results["report_path"])
-    shown = report.relative_to(Path.cwd()) if report.is_relative_to(Path.cwd()) else report
-    console.print(f"report: [bold]{shown}[/]")
+    precision = "  ".join(f"{m} {d['precision@10']:.2f} (chance {d['chance']:.2f})"
+                          for m, d in results["case_search"].items())
+    if precision:
+        console.print(f"similar-case search precision@10: {precision}")
+    index = _shown(Path(results["index"]["path"]))
+    console.print(f"case index: [bold]{index}[/] ({results['index']['cases']} cases; "
+                  f"medfm serve --index {index})")
+    console.print(f"report: [bold]{_shown(Path(results['report_path']))}[/]")
     return 0
+
+
+def _shown(path: Path) -> Path:
+    """A path relative to the working folder when it lies inside it."""
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -135,6 +219,103 @@ def _synth(args: argparse.Namespace) -> int:
     manifest = synthesize_cohort(args.out, n_patients=args.patients, seed=args.seed,
                                  modalities=tuple(args.modalities) if args.modalities else None)
     Console().print(f"wrote {manifest}")
+    return 0
+
+
+def _index_update(args: argparse.Namespace) -> int:
+    from medfm.heads.cases import update_index
+    from medfm.heads.retrieval import IndexConfig
+
+    if args.action == "add" and not (args.index / "CURRENT").is_file():
+        raise MedfmError(f"{args.index}: no index there; create one with `medfm index build`")
+    config = IndexConfig(kind=args.kind) if args.action == "build" else None
+    summary = update_index(args.index, args.model, args.cohort, config=config, batch_size=args.batch,
+                           cache_dir=args.cache, fresh=getattr(args, "fresh", False))
+    recall = "" if summary["recall_at_10"] is None else f", recall@10 vs exact {summary['recall_at_10']:.3f}"
+    Console().print(f"added {summary['added']} cases ({summary['skipped_existing']} already indexed, "
+                    f"{summary['quarantined']} unreadable files skipped); {summary['cases']} cases, "
+                    f"{summary['kind']} search{recall}  ·  index: [bold]{args.index}[/]")
+    return 0
+
+
+def _index_remove(args: argparse.Namespace) -> int:
+    from medfm.heads.cases import remove_studies
+
+    removed = remove_studies(args.index, args.studies)
+    Console().print(f"removed {removed} cases of {len(args.studies)} studies")
+    return 0 if removed else 1
+
+
+def _index_info(args: argparse.Namespace) -> int:
+    import json
+
+    from medfm.heads.retrieval import CaseIndex
+
+    index = CaseIndex.load(args.index)
+    counts = dict(index.db.execute("SELECT modality, COUNT(*) FROM cases GROUP BY modality ORDER BY modality"))
+    info = {"cases": len(index), "by_modality": counts, "kind": index.kind, "dim": index.dim,
+            "recall_at_10": index.recall_at_10, "model": index.info.get("model"),
+            "cohorts": index.info.get("cohorts", [])}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:>13}: {value}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    import json
+
+    from medfm.heads.query import CaseSearch, hit_json, report_excerpt
+
+    engine = CaseSearch.open(args.index, args.model)
+    if args.text is not None:
+        query = engine.text_query(args.text)
+    elif args.study is not None:
+        query = engine.case_query(args.study, args.query_modality)
+    else:
+        query = engine.file_query(args.file, args.query_modality)
+    filters = {k: getattr(args, k) for k in ("modality", "site", "device", "date_from", "date_to")}
+    hits = engine.search(query, args.k, include_own_patient=args.include_own_patient, **filters)
+    if args.json:
+        print(json.dumps({"query": {"kind": query.kind, "modality": query.modality},
+                          "results": [hit_json(h) for h in hits]}, indent=2))
+        return 0
+    table = Table(title=f"{len(hits)} similar cases to the {query.modality} {query.kind}")
+    for column in ("#", "similarity", "study", "modality", "site", "device", "date", "findings", "report"):
+        table.add_column(column, justify="right" if column in ("#", "similarity") else "left",
+                         no_wrap=column != "report", max_width=70 if column == "report" else None)
+    for rank, hit in enumerate(hits, 1):
+        c = hit.case
+        table.add_row(str(rank), f"{hit.score:.3f}", c.study_id, c.modality, c.site or "", c.device or "",
+                      c.date or "", c.findings or "", report_excerpt(c.report))
+    Console().print(table)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from medfm.service import serve
+
+    token = args.token_file.read_text().strip() if args.token_file else os.environ.get("MEDFM_TOKEN")
+    serve(args.index, model_dir=args.model, host=args.host, port=args.port, token=token or None)
+    return 0
+
+
+def _ingest_dicomweb(args: argparse.Namespace) -> int:
+    from medfm.cohort.dicomweb import ingest_dicomweb
+
+    filters = {}
+    for item in args.filter:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MedfmError(f"--filter {item!r}: expected KEY=VALUE, e.g. ModalitiesInStudy=CR")
+        filters[key] = value
+    summary = ingest_dicomweb(args.url, args.cohort, filters=filters, limit=args.limit, index_dir=args.index,
+                              model_dir=args.model)
+    Console().print(summary["message"])
     return 0
 
 

@@ -25,9 +25,11 @@ from medfm.errors import CheckpointError, ConfigError
 from medfm.evaluation.metrics import auroc
 from medfm.evaluation.plan import load_plan
 from medfm.evaluation.report import render_html_report
-from medfm.evaluation.retrieval import cross_modal_retrieval
+from medfm.evaluation.retrieval import case_search_precision, cross_modal_retrieval
+from medfm.heads.cases import index_samples
+from medfm.heads.embedding import embed_samples
 from medfm.heads.zeroshot import ZeroShotClassifier
-from medfm.keys import IMAGE_MODALITIES, Field, Modality, encoder_of, input_keys, is_text, report_of
+from medfm.keys import IMAGE_MODALITIES, Field, Modality, encoder_of, input_keys, report_of
 from medfm.models import MultimodalModel, create_model, load_model_config
 from medfm.train import TrainConfig, pretrain
 from medfm.train.checkpoint import STATE_JSON, has_train_state
@@ -139,7 +141,9 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
 
     model = create_model(run.model_config, seed=run.train_config.seed)
     tick = time.perf_counter()
-    samples, quarantined = read_split_samples(run, model, ["train", plan.split], console)
+    # Every split: training reads train, evaluation the plan's split, the case index holds them all.
+    splits = ["train", plan.split, *sorted(set(run.table["split"]) - {"train", plan.split})]
+    samples, quarantined = read_split_samples(run, model, splits, console)
     timing["read_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -155,6 +159,11 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
     tasks = evaluate_zero_shot(model, test, plan, prompt_sets, embedded)
     retrieval = evaluate_retrieval(embedded)
     timing["zero_shot_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    index = index_samples(run.out / "index", model, checkpoint, run.cohort, [s for v in samples.values() for s in v])
+    case_search = case_search_precision(index, [s[Field.META]["study_id"] for s in test])
+    timing["index_s"] = time.perf_counter() - tick
     timing["total_s"] = time.perf_counter() - started
 
     zero_shot: dict[str, Any] = {}
@@ -172,6 +181,8 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
         "zero_shot": zero_shot,
         "zero_shot_tasks": tasks,
         "retrieval": retrieval,
+        "case_search": case_search,
+        "index": {"path": str(run.out / "index"), "cases": len(index), "kind": index.kind},
         "timing": timing,
         "inputs": {_shown(p): _sha256(p) for p in [run.path, *run.files.values()]},
     }
@@ -229,20 +240,6 @@ def synthesize_if_needed(cohort_path: Path, config: CohortConfig, console: Conso
     if written.resolve() != manifest.resolve():
         raise ConfigError(cohort_path, "manifest", f"synthesizer wrote {written}, cohort names {manifest}")
     _write_json(wanted, stamp)
-
-
-@torch.no_grad()
-def embed_samples(model: MultimodalModel, samples: list[dict[str, Any]], key: str,
-                  batch_size: int = 128) -> tuple[torch.Tensor, list[int]]:
-    """Embeddings of every sample that has input ``key`` (a modality or ``report.<image>``), and their indices."""
-    model.eval()
-    index = [i for i, s in enumerate(samples) if key in s]
-    parts = []
-    for start in range(0, len(index), batch_size):
-        chunk = [samples[i][key] for i in index[start:start + batch_size]]
-        inputs = chunk if is_text(key) else torch.stack(chunk)
-        parts.append(model.encode(key, inputs))
-    return (torch.cat(parts) if parts else torch.empty(0, model.config.embed_dim)), index
 
 
 def evaluate_zero_shot(model: MultimodalModel, samples: list[dict[str, Any]], plan, prompt_sets,

@@ -65,3 +65,40 @@ def test_pretrain_refuses_to_reuse_a_state_silently_and_resumes_when_asked(tmp_p
     assert "resumed from step" in capsys.readouterr().out
     assert (tmp_path / "out/checkpoint/train_log.jsonl").read_text().splitlines() == log
     assert main(["pretrain", str(pipeline), "--fresh"]) == 0
+
+
+def test_index_build_info_search_and_remove(indexed_cohort, tmp_path, capsys):
+    out = tmp_path / "index"
+    args = ["--model", str(indexed_cohort.model), "--cohort", str(indexed_cohort.cohort)]
+    assert main(["index", "build", *args, "--out", str(out), "--kind", "exact"]) == 0
+    assert main(["index", "info", "--index", str(out), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["index", "add", *args, "--index", str(out)]) == 0
+    assert "added 0 cases" in capsys.readouterr().out
+    assert main(["index", "info", "--index", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    manifest = pd.read_csv(indexed_cohort.manifest)
+    assert info["by_modality"]["cxr"] == manifest["cxr_path"].notna().sum() and info["kind"] == "exact"
+
+    assert main(["search", "--index", str(out), "--text", "pleural effusion", "-k", "4", "--modality", "cxr",
+                 "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["query"] == {"kind": "text", "modality": "report"}
+    assert len(found["results"]) == 4 and {r["modality"] for r in found["results"]} == {"cxr"}
+    scores = [r["score"] for r in found["results"]]
+    assert scores == sorted(scores, reverse=True)
+
+    study = manifest.iloc[0]["study_id"]
+    assert main(["search", "--index", str(out), "--study", study, "--as", "cxr", "--site", "site_a"]) == 0
+    printed = capsys.readouterr().out
+    assert "similar cases to the cxr case" in printed and study not in printed.split("similar cases")[1]
+    assert main(["index", "remove", "--index", str(out), study]) == 0
+    assert main(["search", "--index", str(out), "--study", study, "--as", "cxr"]) == 2
+    assert "not in the index" in capsys.readouterr().err
+
+
+def test_search_a_file_of_unknown_modality_is_one_line_and_exit_2(indexed_cohort, tmp_path, capsys):
+    (tmp_path / "note.txt").write_text("hello")
+    assert main(["search", "--index", str(indexed_cohort.index), str(tmp_path / "note.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "note.txt" in err and "Traceback" not in err

@@ -40,9 +40,22 @@ def test_outputs_hold_what_the_demo_promises(tiny_run):
         for recall in directions.values():
             assert recall["n"] >= 2 and 0 <= recall["recall@1"] <= recall["recall@5"] <= recall["recall@10"] <= 1
     assert results["timing"]["total_s"] > 0
+    assert set(results["case_search"]) == {"cxr", "ecg", "oct", "fundus", "ct"}
+    for search in results["case_search"].values():
+        assert search["n_queries"] > 0 and 0 <= search["precision@10"] <= 1 and 0 < search["chance"] <= 1
     assert results["pretrain"]["epochs"] == 2 and len(results["pretrain"]["history"]) == 2
     html = (tiny_run / "out/report.html").read_text()
     assert "pleural_effusion" in html and "Macro AUROC" in html and "Cross-modal retrieval" in html
+
+
+def test_case_index_holds_every_image_of_every_split(tiny_run):
+    from medfm.heads.retrieval import CaseIndex
+
+    manifest = pd.read_csv(tiny_run / "data/manifest.csv")
+    images = sum(int(manifest[f"{m}_path"].notna().sum()) for m in ("cxr", "ecg", "oct", "fundus", "ct"))
+    index = CaseIndex.load(tiny_run / "out/index")
+    assert len(index) == images == json.loads((tiny_run / "out/results.json").read_text())["index"]["cases"]
+    assert len(list((tiny_run / "out/index/thumbnails").glob("*.png"))) == images
 
 
 def test_splits_keep_patients_apart_and_cover_the_cohort(tiny_run):

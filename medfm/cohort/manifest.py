@@ -152,6 +152,9 @@ class CohortConfig(Config):
     # document per study, a mapping {image modality: column} gives each image its own report.
     modalities: dict[Modality, str | list[str] | dict[Modality, str]]
     labels: list[str]
+    # Which labels each image modality shows (drusen: oct and fundus). Similar-case search lists
+    # a case's positive ones and measures precision@10 with them; without it cases have no findings.
+    findings: dict[Modality, list[str]] = {}
     metadata: list[str] = []
     include: str | None = None
     split: SplitSpec = SplitSpec()
@@ -191,6 +194,16 @@ class CohortConfig(Config):
             if unpaired:
                 raise ValueError(f"report: {{modality: column}} pairs each image modality with its own report; "
                                  f"{unpaired} is not an image modality of this cohort")
+        return self
+
+    @model_validator(mode="after")
+    def _findings_are_labels_of_image_modalities(self) -> CohortConfig:
+        for modality, names in self.findings.items():
+            if modality == Modality.REPORT or modality not in self.modalities:
+                raise ValueError(f"findings: {modality} is not an image modality of this cohort")
+            unknown = sorted(set(names) - set(self.labels))
+            if unknown:
+                raise ValueError(f"findings: {modality} names {unknown}, which are not in labels")
         return self
 
     def columns_of(self, modality: Modality) -> list[str]:

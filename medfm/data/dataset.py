@@ -158,19 +158,20 @@ class CohortDataset(Dataset):
         return self.cache.get_or_compute(modality, sources, spec, compute)
 
 
-def materialize(dataset: CohortDataset, workers: int | None = None, description: str = "reading studies",
+def materialize(dataset: CohortDataset, workers: int | None = None, description: str | None = "reading studies",
                 ) -> tuple[list[dict[str, Any]], list[QuarantineEntry]]:
     """Read every item once (in worker processes) and keep the preprocessed samples in memory.
 
     Contrastive pretraining revisits every study each epoch; decoding DICOM and
     resampling ECGs once instead of per epoch is what keeps a CPU demo fast.
+    ``description`` None shows no progress bar (the caller shows its own).
     """
     workers = min(os.cpu_count() or 1, 4) if workers is None else workers
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                         persistent_workers=False, multiprocessing_context="fork" if workers else None)
     samples, quarantine = [], []
-    with Progress(transient=True) as progress:
-        task = progress.add_task(description, total=len(dataset))
+    with Progress(transient=True, disable=description is None) as progress:
+        task = progress.add_task(description or "", total=len(dataset))
         for sample, problems in loader:
             samples.append(sample)
             quarantine.extend(problems)

@@ -1,9 +1,13 @@
-"""Cross-modal retrieval: does an image find its own report among all reports, and back?"""
+"""Retrieval metrics: does an image find its own report (and back), and does case search find similar cases?"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+
+from medfm.heads.retrieval import CaseIndex
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -43,3 +47,50 @@ def cross_modal_retrieval(image: torch.Tensor, report: torch.Tensor,
     """Image→report and report→image recall@k for studies that have both (row-paired)."""
     return {"image_to_report": paired_recall_at_k(image, report, ks),
             "report_to_image": paired_recall_at_k(report, image, ks)}
+
+
+def shares_finding(query: frozenset[str], case: frozenset[str]) -> bool:
+    """A returned case is relevant if it shows one of the query's findings, or, for a normal query, none."""
+    return bool(query & case) if query else not case
+
+
+def finding_set(findings: str | None) -> frozenset[str]:
+    """A case's stored findings (``"cardiomegaly, pleural_effusion"``) as a set."""
+    return frozenset(f.strip() for f in (findings or "").split(",") if f.strip())
+
+
+def case_search_precision(index: CaseIndex, study_ids: list[str], k: int = 10) -> dict[str, Any]:
+    """Precision@k of similar-case search per modality: the share of returned cases that share the query's finding.
+
+    Each indexed case of ``study_ids`` (e.g. the test split) queries the index for ``k``
+    cases of its own modality, leaving out its patient's studies, as a radiologist's search
+    would. Relevance is :func:`shares_finding`. ``chance`` is the same share over every
+    case the query could have returned (what a random ranking scores), so a modality whose
+    findings are common does not look better than it is. ``by_finding``: precision@k of
+    the queries positive for each finding, counting returned cases positive for it.
+    Modalities whose cases carry no findings (the cohort names none) are left out.
+    """
+    wanted = set(study_ids)
+    rows = list(index.db.execute("SELECT id, study_id, patient_key, modality, findings FROM cases "
+                                 "WHERE findings IS NOT NULL ORDER BY id"))
+    out: dict[str, Any] = {}
+    for modality in sorted({r[3] for r in rows}):
+        gallery = [(r[2], finding_set(r[4])) for r in rows if r[3] == modality]
+        queries = [r for r in rows if r[3] == modality and r[1] in wanted]
+        precision, chance, per_finding = [], [], {}
+        for case_id, _, patient, _, findings in queries:
+            own = finding_set(findings)
+            hits = index.search(index.vector(case_id), k, modality=modality, exclude_patient=patient)
+            found = [finding_set(h.case.findings) for h in hits]
+            if not found:
+                continue
+            precision.append(np.mean([shares_finding(own, f) for f in found]))
+            chance.append(np.mean([shares_finding(own, f) for p, f in gallery if p != patient]))
+            for name in own:
+                per_finding.setdefault(name, []).append(np.mean([name in f for f in found]))
+        if precision:
+            out[modality] = {f"precision@{k}": float(np.mean(precision)), "chance": float(np.mean(chance)),
+                             "n_queries": len(precision), "gallery": len(gallery),
+                             "by_finding": {name: {f"precision@{k}": float(np.mean(v)), "n_queries": len(v)}
+                                            for name, v in sorted(per_finding.items())}}
+    return out

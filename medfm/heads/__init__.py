@@ -1,4 +1,4 @@
-"""Heads that use the shared space: zero-shot classification (retrieval comes later)."""
+"""Heads that use the shared space: zero-shot classification, similar-case search."""
 
 from medfm.heads.zeroshot import PromptSet, ZeroShotClassifier, load_prompt_set
 

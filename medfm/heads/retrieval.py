@@ -74,11 +74,13 @@ class Case:
     device: str | None = None
     date: str | None = None  # ISO 8601, so that string order is date order
     report: str | None = None
-    thumbnail: str | None = None
+    thumbnail: str | None = None  # file name inside the index folder's thumbnails/
+    findings: str | None = None  # the cohort's positive labels for this modality, comma-separated
 
 
 @dataclass(frozen=True)
 class Hit:
+    id: int  # the case's id in this index (``CaseIndex.case(id)``)
     case: Case
     score: float  # cosine similarity of unit vectors
 
@@ -96,7 +98,9 @@ class CaseIndex:
         self.config = config or IndexConfig()
         self.kind = kind
         self.recall_at_10: float | None = None
-        self.db = sqlite3.connect(":memory:")
+        self.info: dict = {}  # what built it (model, cohort, patient-key salt), kept in index.json
+        # check_same_thread=False: the service searches from a worker thread; SQLite itself is serialized.
+        self.db = sqlite3.connect(":memory:", check_same_thread=False)
         self.db.execute(_SCHEMA)
         self.vectors = faiss.IndexIDMap2(self._new_index())
 
@@ -152,6 +156,27 @@ class CaseIndex:
             self.vectors.remove_ids(np.asarray(ids, dtype=np.int64))
         return len(ids)
 
+    def case(self, case_id: int) -> Case | None:
+        """The live case with this id, or None."""
+        row = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM cases WHERE id = ?", (case_id,)).fetchone()
+        return None if row is None else Case(*row)
+
+    def find(self, study_id: str, modality: str | None = None) -> list[tuple[int, Case]]:
+        """The live cases of a study (in one modality, if given), as ``(id, case)``."""
+        where, args = "study_id = ?", [study_id]
+        if modality is not None:
+            where, args = where + " AND modality = ?", [*args, modality]
+        return [(row[0], Case(*row[1:])) for row in self.db.execute(
+            f"SELECT id, {', '.join(_COLUMNS)} FROM cases WHERE {where} ORDER BY id", args)]
+
+    def vector(self, case_id: int) -> np.ndarray:
+        """The stored unit vector of a case (to search with an indexed study as the query)."""
+        return self.vectors.reconstruct(int(case_id))
+
+    def keys(self) -> set[tuple[str, str]]:
+        """Every live ``(study_id, modality)``."""
+        return set(self.db.execute("SELECT study_id, modality FROM cases"))
+
     def __len__(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM cases").fetchone()[0]
 
@@ -187,7 +212,7 @@ class CaseIndex:
         rows = {r[0]: r[1:] for r in self.db.execute(
             f"SELECT id, {', '.join(_COLUMNS)} FROM cases WHERE id IN ({', '.join('?' * len(ids[0]))})",
             [int(i) for i in ids[0]])}
-        return [Hit(Case(*rows[int(i)]), float(s)) for s, i in zip(scores[0], ids[0], strict=True)
+        return [Hit(int(i), Case(*rows[int(i)]), float(s)) for s, i in zip(scores[0], ids[0], strict=True)
                 if i >= 0 and int(i) in rows]
 
     def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -230,7 +255,8 @@ class CaseIndex:
         files = {name: sha256_file(version / name) for name in ("vectors.faiss", "cases.sqlite")}
         write_json_atomic(version / "index.json", {
             "format": FORMAT, "dim": self.dim, "kind": self.kind, "cases": len(self),
-            "recall_at_10": self.recall_at_10, "config": self.config.model_dump(mode="json"), "files": files})
+            "recall_at_10": self.recall_at_10, "config": self.config.model_dump(mode="json"), "info": self.info,
+            "files": files})
         write_text_atomic(directory / CURRENT, version.name + "\n")  # the switch: atomic rename
         for old in directory.glob("v-*"):
             if old != version:
@@ -258,6 +284,7 @@ class CaseIndex:
                 raise IndexFileError(path, "missing, or changed since the index was written (SHA-256 differs)")
         index = cls(meta["dim"], IndexConfig.model_validate(meta["config"]), meta["kind"])
         index.recall_at_10 = meta["recall_at_10"]
+        index.info = meta.get("info", {})
         index.vectors = faiss.read_index(str(version / "vectors.faiss"))
         with sqlite3.connect(version / "cases.sqlite") as source:
             source.backup(index.db)
