@@ -315,7 +315,7 @@ def _ingest_dicomweb(args: argparse.Namespace) -> int:
         filters[key] = value
     summary = ingest_dicomweb(args.url, args.cohort, filters=filters, limit=args.limit, index_dir=args.index,
                               model_dir=args.model)
-    Console().print(summary["message"])
+    Console().print(summary["message"], soft_wrap=True)
     return 0
 
 

@@ -188,7 +188,8 @@ def write_oct_dicom(path: Path, volume: np.ndarray, device: OctDevice, header: S
     carries its stack position and an ImagePositionPatient in a retina-centred
     frame (x lateral, y superior-to-inferior, z depth; mm).
     """
-    ds = base_dataset(header, OPHTHALMIC_TOMOGRAPHY, "OPT", device.manufacturer, device.model)
+    ds = base_dataset(header, OPHTHALMIC_TOMOGRAPHY, "OPT", device.manufacturer, device.model,
+                      series_key="oct-series")  # its own series: CXR and OCT of a visit share the study
     set_instance_uid(ds, header, "oct-sop")
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.InstanceNumber = 1
