@@ -25,7 +25,7 @@ from medfm.errors import MedfmError, MedfmReadError
 from medfm.heads.cases import THUMBNAILS, IndexMismatchError, checkpoint_fingerprint, patient_key
 from medfm.heads.retrieval import Case, CaseIndex, Hit
 from medfm.io import detect_format, keep_sections, read_photo
-from medfm.io.archive import extract_zip
+from medfm.io.archive import MAX_BYTES, extract_zip
 from medfm.keys import IMAGE_MODALITIES, Modality
 from medfm.models import MultimodalModel
 
@@ -94,11 +94,12 @@ class CaseSearch:
         return Query(vector, "text", str(Modality.REPORT))
 
     @torch.no_grad()
-    def file_query(self, path: str | Path, modality: str | None = None) -> Query:
+    def file_query(self, path: str | Path, modality: str | None = None, max_unpacked_bytes: int = MAX_BYTES) -> Query:
         """A study on disk: DICOM file or series folder, WFDB record, PNG/JPEG, NIfTI, OCT vendor file, or a zip.
 
         ``modality`` is needed only where the file cannot tell (NIfTI; a photo is taken as a
-        fundus photograph if in colour, a radiograph if grey).
+        fundus photograph if in colour, a radiograph if grey). A zip may expand to at most
+        ``max_unpacked_bytes``.
 
         Raises:
             QueryError: modality unknown, or one this model has no encoder for.
@@ -107,7 +108,8 @@ class CaseSearch:
         path = Path(path)
         if path.is_file() and path.suffix.lower() == ".zip":
             with tempfile.TemporaryDirectory(prefix="medfm-query-") as tmp:
-                return self.file_query(_study_in(extract_zip(path, tmp), path), modality)
+                unpacked = extract_zip(path, tmp, max_bytes=max_unpacked_bytes)
+                return self.file_query(_study_in(unpacked, path), modality)
         modality = Modality(modality) if modality else modality_of_file(path)
         if modality not in self.model.modalities:
             raise QueryError(path, f"{modality} query, but this index's model embeds only "
