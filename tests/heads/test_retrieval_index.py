@@ -28,7 +28,7 @@ def brute_force(vectors, query, allowed):
     return sorted(allowed, key=lambda i: -scores[i])
 
 
-@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+@pytest.mark.parametrize("kind", ["exact", "ivf", "hnsw"])
 def test_search_with_filters_matches_brute_force_over_the_allowed_cases(kind):
     vectors, meta = clustered(300), cases(300)
     index = CaseIndex.build(vectors, meta, IndexConfig(kind=kind))
@@ -49,13 +49,14 @@ def test_own_patient_is_returned_only_when_not_excluded():
     assert index.search(vectors[4], k=1, exclude_patient="P2")[0].case.patient_key != "P2"
 
 
-def test_approximate_recall_is_measured_at_build():
-    index = CaseIndex.build(clustered(2000), cases(2000), IndexConfig(kind="hnsw", recall_queries=200))
-    assert index.kind == "hnsw" and 0.9 <= index.recall_at_10 <= 1.0
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_recall_is_measured_at_build(kind):
+    index = CaseIndex.build(clustered(2000), cases(2000), IndexConfig(kind=kind, recall_queries=200))
+    assert index.kind == kind and 0.9 <= index.recall_at_10 <= 1.0
     assert CaseIndex.build(clustered(50), cases(50)).recall_at_10 is None  # exact: nothing to measure
 
 
-@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+@pytest.mark.parametrize("kind", ["exact", "ivf", "hnsw"])
 def test_removed_studies_are_never_returned_and_added_ones_are(kind):
     vectors, meta = clustered(100), cases(100)
     index = CaseIndex.build(vectors[:90], meta[:90], IndexConfig(kind=kind))
@@ -68,9 +69,10 @@ def test_removed_studies_are_never_returned_and_added_ones_are(kind):
         index.add(vectors[:1], meta[:1])
 
 
-def test_saved_index_loads_with_the_same_answers_and_a_tampered_file_is_refused(tmp_path):
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_saved_index_loads_with_the_same_answers_and_a_tampered_file_is_refused(tmp_path, kind):
     vectors, meta = clustered(200), cases(200)
-    index = CaseIndex.build(vectors, meta, IndexConfig(kind="hnsw"))
+    index = CaseIndex.build(vectors, meta, IndexConfig(kind=kind))
     index.remove(["S10"])
     first = index.save(tmp_path / "idx")
     loaded = CaseIndex.load(tmp_path / "idx")
