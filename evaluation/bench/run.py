@@ -58,12 +58,16 @@ def main() -> int:
     os.chdir(ROOT)
     sys.path.insert(0, str(HERE))
     import bench_loading
+    import bench_search
+    import bench_service
     import bench_text_cache
     import bench_train
 
     loading = bench_loading.run()
     text = bench_text_cache.run()
     train = bench_train.run()
+    search = bench_search.run()
+    service = bench_service.run()
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads")
     lines = [
@@ -86,6 +90,8 @@ def main() -> int:
             f"{baselines[kind]}, no cache | {row['second_epoch_s'] * 1e3:.2f} ms/item | "
             f"{row['baseline_s'] * 1e3:.1f} ms/item "
             f"| {row['second_epoch_speedup']:.0f}x faster (target {target}x) |")
+    lines += bench_search.rows(search)
+    lines += bench_service.rows(service)
     lines.append(END)
     block = "\n".join(lines)
     doc = DOC.read_text()
@@ -97,7 +103,8 @@ def main() -> int:
     tmp.write_text(doc)
     os.replace(tmp, DOC)
     print(block)
-    print(json.dumps({"loading": loading, "text_cache": text, "train": train}, indent=2, default=str))
+    results = {"loading": loading, "text_cache": text, "train": train, "search": search, "service": service}
+    print(json.dumps(results, indent=2, default=str))
     return 0
 
 
