@@ -23,7 +23,7 @@ from medfm.data.cache import PreprocessCache
 from medfm.data.dataset import CohortDataset, materialize, write_quarantine
 from medfm.errors import CheckpointError, ConfigError
 from medfm.evaluation.metrics import auroc
-from medfm.evaluation.plan import load_plan
+from medfm.evaluation.plan import load_plan, plan_fingerprint
 from medfm.evaluation.report import render_html_report
 from medfm.evaluation.retrieval import case_search_precision, cross_modal_retrieval
 from medfm.heads.cases import index_samples
@@ -174,7 +174,8 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
         "pipeline": run.pipeline.name,
         "medfm_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "plan": {"name": plan.name, "version": plan.version, "split": plan.split},
+        "plan": {"name": plan.name, "version": plan.version, "split": plan.split,
+                 "sha256": plan_fingerprint(run.files["plan"])},
         "cohort": _cohort_summary(run.cohort, run.table, quarantined),
         "pretrain": summary,
         "checkpoint": str(checkpoint),

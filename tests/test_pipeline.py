@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from medfm.cli import main
+from medfm.evaluation.plan import plan_fingerprint
 
 from .conftest import REPO
 
@@ -35,6 +36,7 @@ def test_outputs_hold_what_the_demo_promises(tiny_run):
             assert len(task["prompt_auroc"]["per_prompt"]) == 8
             assert task["n_positive"] + task["n_negative"] > 0
     assert "macro_auroc" in results["zero_shot"]
+    assert results["plan"]["sha256"] == plan_fingerprint(REPO / "evaluation/plans/demo_zero_shot.yaml")
     assert set(results["retrieval"]) == {"cxr", "ecg", "oct", "fundus", "ct"}  # every image modality vs report
     for directions in results["retrieval"].values():
         for recall in directions.values():
