@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from medfm.evaluation.metrics import auroc
 from medfm.evaluation.plan import load_plan, plan_fingerprint
 from medfm.evaluation.report import render_html_report
 from medfm.evaluation.retrieval import case_search_precision, cross_modal_retrieval
-from medfm.heads.cases import index_samples
+from medfm.heads.cases import index_samples, patient_key
 from medfm.heads.embedding import embed_samples
 from medfm.heads.zeroshot import ZeroShotClassifier
 from medfm.keys import IMAGE_MODALITIES, Field, Modality, encoder_of, input_keys, report_of
@@ -156,8 +157,14 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
     test = samples[plan.split]
     # Once, for both evaluations: every modality and report (one per study, or each image's own).
     embedded = {k: embed_samples(model, test, k) for k in input_keys(test) if encoder_of(k) in model.modalities}
-    tasks = evaluate_zero_shot(model, test, plan, prompt_sets, embedded)
+    classifier = zero_shot_classifier(model, plan, prompt_sets)
+    tasks = evaluate_zero_shot(classifier, test, plan, prompt_sets, embedded)
     retrieval = evaluate_retrieval(embedded)
+    predictions = pd.concat([zero_shot_predictions(
+        classifier, plan, prompt_sets, samples[name], name,
+        embedded if name == plan.split else None) for name in dict.fromkeys([plan.development_split, plan.split])
+        if name in samples], ignore_index=True)
+    write_atomic(run.out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
     timing["zero_shot_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -243,16 +250,63 @@ def synthesize_if_needed(cohort_path: Path, config: CohortConfig, console: Conso
     _write_json(wanted, stamp)
 
 
-def evaluate_zero_shot(model: MultimodalModel, samples: list[dict[str, Any]], plan, prompt_sets,
+def zero_shot_classifier(model: MultimodalModel, plan, prompt_sets) -> ZeroShotClassifier:
+    """The plan's findings as one classifier (prompt embeddings computed once)."""
+    # One column per distinct finding: a finding read from two modalities (drusen on OCT
+    # and on fundus photos) shares its prompt embeddings.
+    unique = {prompt_sets[t.finding].finding: prompt_sets[t.finding] for t in plan.tasks}
+    return ZeroShotClassifier(model, list(unique.values())).fit()
+
+
+# What a prediction row carries about its study besides ids and label: the sources a
+# validation report breaks results down by. Never a name or a raw patient id.
+PREDICTION_META = ("site", "sex", "age", "study_date")
+
+
+def zero_shot_predictions(classifier: ZeroShotClassifier, plan, prompt_sets, samples: list[dict[str, Any]],
+                          split: str, embedded: dict[str, tuple[torch.Tensor, list[int]]] | None = None,
+                          ) -> pd.DataFrame:
+    """One row per study and task: what a validation report's every figure and interval is computed from.
+
+    Columns: ``split``, ``study_id``, ``patient`` (a keyed hash of the patient id, fresh
+    per run: it groups a patient's studies for the cluster bootstrap and identifies no
+    one), ``task`` (``finding/modality``), ``finding``, ``modality``, ``device``, the
+    :data:`PREDICTION_META` columns, ``label`` (NaN: unknown), ``score`` (the zero-shot
+    logit) and ``probability``. ``embedded``: :func:`embed_samples` of ``samples`` if
+    already computed.
+    """
+    salt = secrets.token_hex(16)
+    frames = []
+    for task in plan.tasks:
+        x, index = (embedded or {}).get(task.modality) or embed_samples(classifier.model, samples,
+                                                                                     task.modality)
+        if not index:
+            continue
+        column = classifier.findings_.index(prompt_sets[task.finding].finding)
+        logits = classifier.decision_function(x)[:, column]
+        meta = [samples[i][Field.META] for i in index]
+        frames.append(pd.DataFrame({
+            "split": split, "study_id": [m["study_id"] for m in meta],
+            "patient": [patient_key(salt, m["patient_id"]) for m in meta],
+            "task": f"{task.finding}/{task.modality}", "finding": task.finding, "modality": str(task.modality),
+            "device": [_plain_text(m.get(f"{task.modality}_device")) for m in meta],
+            **{name: [m.get(name) for m in meta] for name in PREDICTION_META},
+            "label": [samples[i][Field.LABEL][task.label] for i in index],
+            "score": logits.astype(np.float64), "probability": 1.0 / (1.0 + np.exp(-logits.astype(np.float64))),
+        }))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _plain_text(value: Any) -> str | None:
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def evaluate_zero_shot(classifier: ZeroShotClassifier, samples: list[dict[str, Any]], plan, prompt_sets,
                        embedded: dict[str, tuple[torch.Tensor, list[int]]]) -> list[dict]:
     """Ensemble and single-prompt AUROC per task, overall and per acquisition device.
 
     ``embedded`` holds :func:`embed_samples` of ``samples`` for every modality a task reads.
     """
-    # One column per distinct finding: a finding read from two modalities (drusen on OCT
-    # and on fundus photos) shares its prompt embeddings.
-    unique = {prompt_sets[t.finding].finding: prompt_sets[t.finding] for t in plan.tasks}
-    classifier = ZeroShotClassifier(model, list(unique.values())).fit()
     tasks = []
     for task in plan.tasks:
         finding = prompt_sets[task.finding].finding

@@ -60,6 +60,28 @@ def test_case_index_holds_every_image_of_every_split(tiny_run):
     assert len(list((tiny_run / "out/index/thumbnails").glob("*.png"))) == images
 
 
+def test_predictions_hold_one_row_per_study_and_task_and_reproduce_the_aurocs(tiny_run):
+    from medfm.evaluation.metrics import auroc
+
+    results = json.loads((tiny_run / "out/results.json").read_text())
+    predictions = pd.read_parquet(tiny_run / "out/predictions.parquet")
+    splits = pd.read_csv(tiny_run / "out/splits.csv").set_index("study_id")["split"]
+    assert set(predictions["split"]) == {"val", "test"}
+    assert (predictions["study_id"].map(splits) == predictions["split"]).all()
+    assert not predictions.duplicated(["study_id", "task"]).any()
+    manifest = pd.read_csv(tiny_run / "data/manifest.csv")
+    assert not set(predictions["patient"]) & set(manifest["patient_id"])  # pseudonyms, never the id
+    per_patient = predictions.groupby("study_id")["patient"].nunique()
+    assert (per_patient == 1).all()
+    for task in results["zero_shot_tasks"]:
+        rows = predictions[(predictions["task"] == f"{task['finding']}/{task['modality']}")
+                           & (predictions["split"] == "test")]
+        assert len(rows) == task["n_positive"] + task["n_negative"] + rows["label"].isna().sum()
+        if task["auroc"] is not None:
+            assert auroc(rows["label"].to_numpy(), rows["score"].to_numpy()) == pytest.approx(task["auroc"])
+    assert ((predictions["probability"] > 0) & (predictions["probability"] < 1)).all()
+
+
 def test_splits_keep_patients_apart_and_cover_the_cohort(tiny_run):
     splits = pd.read_csv(tiny_run / "out/splits.csv")
     manifest = pd.read_csv(tiny_run / "data/manifest.csv")
