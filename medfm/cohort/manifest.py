@@ -329,8 +329,12 @@ def _build_from_source(path: Path, config: CohortConfig) -> tuple[Path, pd.DataF
 
 def read_manifest(manifest_path: Path, config: CohortConfig, source: Path) -> pd.DataFrame:
     """Read a manifest CSV or Parquet and check every column the cohort names exists."""
-    reader = pd.read_parquet if manifest_path.suffix == ".parquet" else pd.read_csv
-    table = reader(manifest_path, dtype={config.patient_column: str, config.study_column: str})
+    ids = {config.patient_column: str, config.study_column: str}
+    if manifest_path.suffix == ".parquet":  # typed already; ids made text like the CSV's
+        table = pd.read_parquet(manifest_path)
+        table = table.astype({c: str for c in ids if c in table.columns})
+    else:
+        table = pd.read_csv(manifest_path, dtype=ids)
     return check_manifest(table, config, source, f"manifest {manifest_path.name}")
 
 

@@ -29,6 +29,15 @@ def test_without_include_every_row_is_kept(tmp_path):
     assert len(cohort.table) == 5 and cohort.excluded == 0
 
 
+def test_a_parquet_manifest_loads_like_its_csv(tmp_path):
+    csv_cohort = load_cohort(write_cohort(tmp_path, include="age > 40"))
+    pd.read_csv(tmp_path / "manifest.csv").to_parquet(tmp_path / "manifest.parquet", index=False)
+    config = yaml.safe_load((tmp_path / "cohort.yaml").read_text()) | {"manifest": "manifest.parquet"}
+    (tmp_path / "parquet.yaml").write_text(yaml.safe_dump(config))
+    parquet_cohort = load_cohort(tmp_path / "parquet.yaml")
+    pd.testing.assert_frame_equal(parquet_cohort.table, csv_cohort.table, check_dtype=False)
+
+
 def test_include_keeps_matching_rows_in_order_with_their_index(tmp_path):
     cohort = load_cohort(write_cohort(tmp_path, include="age >= 40 AND site <> 'site_b'"))
     # P4's age is missing: the expression is NULL there, so the row is excluded as in SQL.
