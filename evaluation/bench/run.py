@@ -60,6 +60,7 @@ def main() -> int:
     import bench_loading
     import bench_search
     import bench_service
+    import bench_stats
     import bench_text_cache
     import bench_train
 
@@ -68,6 +69,7 @@ def main() -> int:
     train = bench_train.run()
     search = bench_search.run()
     service = bench_service.run()
+    statistics = bench_stats.run()
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads")
     lines = [
@@ -92,6 +94,7 @@ def main() -> int:
             f"| {row['second_epoch_speedup']:.0f}x faster (target {target}x) |")
     lines += bench_search.rows(search)
     lines += bench_service.rows(service)
+    lines += bench_stats.rows(statistics)
     lines.append(END)
     block = "\n".join(lines)
     doc = DOC.read_text()
@@ -103,7 +106,8 @@ def main() -> int:
     tmp.write_text(doc)
     os.replace(tmp, DOC)
     print(block)
-    results = {"loading": loading, "text_cache": text, "train": train, "search": search, "service": service}
+    results = {"loading": loading, "text_cache": text, "train": train, "search": search, "service": service,
+               "stats": statistics}
     print(json.dumps(results, indent=2, default=str))
     return 0
 
