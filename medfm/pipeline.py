@@ -27,6 +27,7 @@ from medfm.evaluation.metrics import auroc
 from medfm.evaluation.plan import load_plan, plan_fingerprint
 from medfm.evaluation.report import render_html_report
 from medfm.evaluation.retrieval import case_search_precision, cross_modal_retrieval
+from medfm.evaluation.validation import analyse
 from medfm.heads.cases import index_samples, patient_key
 from medfm.heads.embedding import embed_samples
 from medfm.heads.zeroshot import ZeroShotClassifier
@@ -165,6 +166,7 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
         embedded if name == plan.split else None) for name in dict.fromkeys([plan.development_split, plan.split])
         if name in samples], ignore_index=True)
     write_atomic(run.out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
+    validation = analyse(predictions, plan)
     timing["zero_shot_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -188,6 +190,7 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
         "checkpoint": str(checkpoint),
         "zero_shot": zero_shot,
         "zero_shot_tasks": tasks,
+        "validation": validation,
         "retrieval": retrieval,
         "case_search": case_search,
         "index": {"path": str(run.out / "index"), "cases": len(index), "kind": index.kind},

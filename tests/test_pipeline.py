@@ -80,6 +80,10 @@ def test_predictions_hold_one_row_per_study_and_task_and_reproduce_the_aurocs(ti
         if task["auroc"] is not None:
             assert auroc(rows["label"].to_numpy(), rows["score"].to_numpy()) == pytest.approx(task["auroc"])
     assert ((predictions["probability"] > 0) & (predictions["probability"] < 1)).all()
+    for task in results["zero_shot_tasks"]:  # the plan's analyses, from the predictions alone
+        analysed = results["validation"]["tasks"][f"{task['finding']}/{task['modality']}"]["auroc"]
+        if task["auroc"] is not None:
+            assert analysed["estimate"] == pytest.approx(task["auroc"]) and "patients" in analysed["method"]
 
 
 def test_splits_keep_patients_apart_and_cover_the_cohort(tiny_run):
