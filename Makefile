@@ -11,9 +11,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medfm-installed
 
-.PHONY: demo test test-all bench install system-packages clean FORCE
+.PHONY: demo test test-all bench install system-packages report-packages clean FORCE
 
-demo: $(STAMP)
+# The demo ends with the validation report, printed to PDF by headless Chromium.
+demo: $(STAMP) report-packages
 	$(BIN)/medfm run pipelines/demo.yaml
 
 test: $(STAMP) system-packages
@@ -43,12 +44,16 @@ $(STAMP): FORCE | $(BIN)/python
 # What the tests start: a DICOMweb server (Orthanc) for ingest, a headless browser for the
 # search page. Installed with apt-get (as root, or through sudo) only when missing.
 SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium chromium-driver
+APT_INSTALL = set -e; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq; \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends
 system-packages:
 	@if command -v Orthanc >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
 		&& command -v chromium >/dev/null; then exit 0; fi; \
-	set -e; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	$$SUDO apt-get update -qq; \
-	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES)
+	$(APT_INSTALL) $(SYSTEM_PACKAGES)
+
+report-packages:
+	@if command -v chromium >/dev/null; then exit 0; fi; \
+	$(APT_INSTALL) chromium
 
 clean:
 	rm -rf $(VENV) runs data build *.egg-info

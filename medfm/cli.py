@@ -97,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
                        "(default: the MEDFM_TOKEN environment variable)")
     serve.set_defaults(func=_serve)
 
+    report = verbs.add_parser("report", help="validation reports").add_subparsers(metavar="ACTION")
+    rebuild = report.add_parser("rebuild", help="recompute a run's analyses from its stored predictions, check them "
+                                "against results.json, and write report.html and report.pdf again")
+    rebuild.add_argument("run_dir", type=Path, help="a run folder (holding results.json)")
+    rebuild.add_argument("--no-pdf", action="store_true", help="write report.html only")
+    rebuild.set_defaults(func=_report_rebuild)
+
     ingest = verbs.add_parser("ingest", help="pull studies into a cohort").add_subparsers(metavar="SOURCE")
     dicomweb = ingest.add_parser("dicomweb", help="from a DICOMweb server (QIDO-RS search, WADO-RS retrieve)")
     dicomweb.add_argument("url", help="DICOMweb root, e.g. http://pacs:8042/dicom-web")
@@ -168,7 +175,11 @@ def _run(args: argparse.Namespace) -> int:
     index = _shown(Path(results["index"]["path"]))
     console.print(f"case index: [bold]{index}[/] ({results['index']['cases']} cases; "
                   f"medfm serve --index {index})")
-    console.print(f"report: [bold]{_shown(Path(results['report_path']))}[/]")
+    validation = results["validation"]
+    verdict = {True: "PASS", False: "NOT PASSED", None: "no acceptance criteria"}[validation["passed"]]
+    console.print(f"validation plan {results['plan']['name']} v{results['plan']['version']}: {verdict}")
+    console.print(f"report: [bold]{_shown(Path(results['report_path']))}[/] and "
+                  f"[bold]{_shown(Path(results['report_pdf']))}[/]")
     return 0
 
 
@@ -301,6 +312,19 @@ def _serve(args: argparse.Namespace) -> int:
 
     token = args.token_file.read_text().strip() if args.token_file else os.environ.get("MEDFM_TOKEN")
     serve(args.index, model_dir=args.model, host=args.host, port=args.port, token=token or None)
+    return 0
+
+
+def _report_rebuild(args: argparse.Namespace) -> int:
+    from medfm.evaluation.report import rebuild_report
+
+    done = rebuild_report(args.run_dir, pdf=not args.no_pdf)
+    console = Console()
+    console.print(f"{done['numbers_compared']} numbers recomputed from the stored predictions: all equal "
+                  "to results.json", highlight=False)
+    for kind in ("html", "pdf"):
+        if kind in done:
+            console.print(f"report: [bold]{_shown(Path(done[kind]))}[/]")
     return 0
 
 

@@ -17,18 +17,30 @@ import torch
 from rich.console import Console
 
 from medfm import __version__
-from medfm.atomic import write_atomic, write_json_atomic
+from medfm.atomic import write_atomic, write_bytes_atomic, write_json_atomic
 from medfm.cohort import Cohort, CohortConfig, assign_splits, check_near_duplicate_leakage, load_cohort
+from medfm.cohort.describe import describe_cohort
 from medfm.config import Config, load_config, resolve_path
 from medfm.data.cache import PreprocessCache
 from medfm.data.dataset import CohortDataset, materialize, write_quarantine
 from medfm.errors import CheckpointError, ConfigError
 from medfm.evaluation.metrics import auroc
 from medfm.evaluation.plan import load_plan, plan_fingerprint
-from medfm.evaluation.report import render_html_report
-from medfm.evaluation.retrieval import case_search_precision, cross_modal_retrieval
+from medfm.evaluation.predictions import plan_predictions
+from medfm.evaluation.report import (
+    CASE_SEARCH,
+    CROSS_SOURCE,
+    FAILURES,
+    PLAN_COPY,
+    PREDICTIONS,
+    RESULTS,
+    json_safe,
+    render_report,
+)
+from medfm.evaluation.retrieval import case_search_precision, case_search_queries, cross_modal_retrieval
+from medfm.evaluation.run_record import availability, flow_counts, model_summary, provenance
 from medfm.evaluation.validation import analyse
-from medfm.heads.cases import index_samples, patient_key
+from medfm.heads.cases import index_samples, thumbnail_image
 from medfm.heads.embedding import embed_samples
 from medfm.heads.zeroshot import ZeroShotClassifier
 from medfm.keys import IMAGE_MODALITIES, Field, Modality, encoder_of, input_keys, report_of
@@ -97,11 +109,11 @@ def prepare_run(path: str | Path, console: Console, ctx: DistContext | None = No
 
 
 def read_split_samples(run: PreparedRun, model: MultimodalModel, names: list[str], console: Console,
-                       ctx: DistContext | None = None) -> tuple[dict[str, list[dict[str, Any]]], int]:
+                       ctx: DistContext | None = None) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
     """Preprocessed samples of each named split (through the shared on-disk cache); writes the quarantine.
 
     Returns:
-        Samples per split and the number of quarantined files.
+        Samples per split and the number of quarantined files per split.
     """
     ctx = ctx or DistContext()
     preprocess = {m: (lambda value, m=m: model.preprocess(m, value)) for m in model.modalities}
@@ -109,18 +121,19 @@ def read_split_samples(run: PreparedRun, model: MultimodalModel, names: list[str
     cache_dir = run.out / "cache" if run.pipeline.cache_dir is None else resolve_path(
         run.path, "cache_dir", run.pipeline.cache_dir, must_exist=False)
     cache = PreprocessCache(cache_dir)
-    samples, quarantine = {}, []
+    samples, quarantine, counts = {}, [], {}
     for name in dict.fromkeys(names):
         rows = run.table.index[run.table["split"] == name].tolist()
         dataset = CohortDataset(run.cohort, rows, preprocess, on_error=run.train_config.on_error, cache=cache,
                                 specs=specs)
         samples[name], skipped = materialize(dataset, description=f"reading {name} studies")
         quarantine += skipped
+        counts[name] = len(skipped)
     if ctx.is_main:
         write_quarantine(quarantine, run.out / "quarantine.json")
         if quarantine:
             console.print(f"[yellow]{len(quarantine)} file(s) quarantined, see {run.out / 'quarantine.json'}")
-    return samples, len(quarantine)
+    return samples, counts
 
 
 def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None = None) -> dict[str, Any]:
@@ -138,8 +151,12 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
     run = prepare_run(path, console)
     timing["synth_s"] = time.perf_counter() - tick
     plan, prompt_sets = load_plan(run.files["plan"])
-    if plan.split not in set(run.table["split"]):
-        raise ConfigError(run.files["plan"], "split", f"split {plan.split!r} not produced by the cohort's split spec")
+    produced = set(run.table["split"])
+    for key, names in (("split", [plan.split]), ("external", plan.external)):
+        for name in names:
+            if name not in produced:
+                raise ConfigError(run.files["plan"], key, f"split {name!r} is not produced by the cohort's split "
+                                  f"spec (it makes {', '.join(sorted(produced))})")
 
     model = create_model(run.model_config, seed=run.train_config.seed)
     tick = time.perf_counter()
@@ -161,46 +178,97 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
     classifier = zero_shot_classifier(model, plan, prompt_sets)
     tasks = evaluate_zero_shot(classifier, test, plan, prompt_sets, embedded)
     retrieval = evaluate_retrieval(embedded)
-    predictions = pd.concat([zero_shot_predictions(
-        classifier, plan, prompt_sets, samples[name], name,
-        embedded if name == plan.split else None) for name in dict.fromkeys([plan.development_split, plan.split])
-        if name in samples], ignore_index=True)
-    write_atomic(run.out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
-    validation = analyse(predictions, plan)
+    # A key drawn per run and never stored: pseudonyms group a patient's studies and name a case, nothing more.
+    made = plan_predictions(classifier, plan, prompt_sets, samples, secrets.token_hex(16), {plan.split: embedded})
     timing["zero_shot_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     index = index_samples(run.out / "index", model, checkpoint, run.cohort, [s for v in samples.values() for s in v])
-    case_search = case_search_precision(index, [s[Field.META]["study_id"] for s in test])
+    test_studies = [s[Field.META]["study_id"] for s in test]
+    queries = case_search_queries(index, test_studies)
+    case_search = case_search_precision(index, test_studies)
     timing["index_s"] = time.perf_counter() - tick
-    timing["total_s"] = time.perf_counter() - started
+
+    tick = time.perf_counter()
+    for name, table in ((PREDICTIONS, made.predictions), (CROSS_SOURCE, made.cross_source), (CASE_SEARCH, queries)):
+        write_atomic(run.out / name, lambda tmp, t=table: t.to_parquet(tmp, index=False))
+    plan_copy = write_bytes_atomic(run.out / PLAN_COPY, run.files["plan"].read_bytes())
+    validation = analyse(made.predictions, plan, made.cross_source, made.training_sources, queries)
+    write_failure_thumbnails(run.out, made.predictions, validation, plan, samples)
+    timing["validation_s"] = time.perf_counter() - tick
 
     zero_shot: dict[str, Any] = {}
     for task in tasks:
         zero_shot.setdefault(task["modality"], {})[task["finding"]] = task
     zero_shot["macro_auroc"] = float(np.nanmean([t["auroc"] for t in tasks]))
+    config = run.cohort.config
     results = {
         "pipeline": run.pipeline.name,
         "medfm_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "plan": {"name": plan.name, "version": plan.version, "split": plan.split,
-                 "sha256": plan_fingerprint(run.files["plan"])},
-        "cohort": _cohort_summary(run.cohort, run.table, quarantined),
+        "run_dir": _shown(run.out),
+        "plan": {"name": plan.name, "version": plan.version, "split": plan.split, "path": _shown(run.files["plan"]),
+                 "sha256": plan_fingerprint(plan_copy)},
+        "cohort": {**_cohort_summary(run.cohort, run.table, sum(quarantined.values())),
+                   "synthetic": config.synth is not None},
+        "split_spec": _split_rule(config.split),
+        "flow": flow_counts(run.cohort, run.table, quarantined, samples),
+        "cohort_characteristics": describe_cohort(run.table, config, run.table["split"]),
+        "availability": availability(samples),
+        "model": model_summary(model, checkpoint),
         "pretrain": summary,
         "checkpoint": str(checkpoint),
         "zero_shot": zero_shot,
         "zero_shot_tasks": tasks,
         "validation": validation,
+        "validation_inputs": {"training_sources": made.training_sources, "fits": made.fits},
         "retrieval": retrieval,
         "case_search": case_search,
         "index": {"path": str(run.out / "index"), "cases": len(index), "kind": index.kind},
         "timing": timing,
         "inputs": {_shown(p): _sha256(p) for p in [run.path, *run.files.values()]},
+        "provenance": provenance(run.cohort.manifest_path, {
+            "synthesis": config.synth.seed if config.synth else None, "split": config.split.seed,
+            "train": run.train_config.seed, "statistics": plan.statistics.seed}),
     }
-    _write_json(results, run.out / "results.json")
-    report = render_html_report(results, run.out / "report.html")
-    results["report_path"] = str(report)
+    results["availability_patterns"] = sorted({p for counts in results["availability"].values() for p in counts})
+    timing["total_s"] = time.perf_counter() - started
+    _write_json(results, run.out / RESULTS)
+    tick = time.perf_counter()
+    written = render_report(run.out, json.loads((run.out / RESULTS).read_text()))
+    console.print(f"report written in {time.perf_counter() - tick:.1f} s")
+    results["report_path"] = str(written["html"])
+    results["report_pdf"] = str(written["pdf"])
     return results
+
+
+def write_failure_thumbnails(out: Path, predictions: pd.DataFrame, validation: dict[str, Any], plan,
+                             samples: dict[str, list[dict[str, Any]]]) -> None:
+    """A PNG of the model's input for each failure case the report shows, named by the case pseudonym."""
+    from medfm.evaluation.report_sections import failure_cases
+
+    known = predictions[predictions["label"].notna() & predictions["probability"].notna()]
+    wanted = {(c["case"], c["modality"]) for per_task in failure_cases(known, validation, plan).values()
+              for c in per_task["false_positives"] + per_task["false_negatives"]}
+    rows = known[known["case"].isin({case for case, _ in wanted})].drop_duplicates("case")
+    by_study = {s[Field.META]["study_id"]: s for s in samples.get(plan.split, [])}
+    (out / FAILURES).mkdir(exist_ok=True)
+    for case, study, modality in rows[["case", "study_id", "modality"]].itertuples(index=False):
+        sample = by_study.get(study)
+        if sample is not None and modality in sample:
+            image = thumbnail_image(sample[modality])
+            write_atomic(out / FAILURES / f"{case}.png", lambda tmp, i=image: i.save(tmp, format="PNG"),
+                         durable=False)
+
+
+def _split_rule(spec) -> str:
+    """The cohort's split rule in one line, for the report."""
+    rule = f"strategy {spec.strategy}, seed {spec.seed}, fractions {spec.fractions}"
+    external = getattr(spec, "external", None)
+    if external is not None:
+        rule += f"; patients with any study whose {external.column} is {', '.join(external.values)} form " \
+                f"the {external.name!r} split"
+    return rule
 
 
 def pretrain_pipeline(path: str | Path, resume: bool = False, fresh: bool = False,
@@ -259,49 +327,6 @@ def zero_shot_classifier(model: MultimodalModel, plan, prompt_sets) -> ZeroShotC
     # and on fundus photos) shares its prompt embeddings.
     unique = {prompt_sets[t.finding].finding: prompt_sets[t.finding] for t in plan.tasks}
     return ZeroShotClassifier(model, list(unique.values())).fit()
-
-
-# What a prediction row carries about its study besides ids and label: the sources a
-# validation report breaks results down by. Never a name or a raw patient id.
-PREDICTION_META = ("site", "sex", "age", "study_date")
-
-
-def zero_shot_predictions(classifier: ZeroShotClassifier, plan, prompt_sets, samples: list[dict[str, Any]],
-                          split: str, embedded: dict[str, tuple[torch.Tensor, list[int]]] | None = None,
-                          ) -> pd.DataFrame:
-    """One row per study and task: what a validation report's every figure and interval is computed from.
-
-    Columns: ``split``, ``study_id``, ``patient`` (a keyed hash of the patient id, fresh
-    per run: it groups a patient's studies for the cluster bootstrap and identifies no
-    one), ``task`` (``finding/modality``), ``finding``, ``modality``, ``device``, the
-    :data:`PREDICTION_META` columns, ``label`` (NaN: unknown), ``score`` (the zero-shot
-    logit) and ``probability``. ``embedded``: :func:`embed_samples` of ``samples`` if
-    already computed.
-    """
-    salt = secrets.token_hex(16)
-    frames = []
-    for task in plan.tasks:
-        x, index = (embedded or {}).get(task.modality) or embed_samples(classifier.model, samples,
-                                                                                     task.modality)
-        if not index:
-            continue
-        column = classifier.findings_.index(prompt_sets[task.finding].finding)
-        logits = classifier.decision_function(x)[:, column]
-        meta = [samples[i][Field.META] for i in index]
-        frames.append(pd.DataFrame({
-            "split": split, "study_id": [m["study_id"] for m in meta],
-            "patient": [patient_key(salt, m["patient_id"]) for m in meta],
-            "task": f"{task.finding}/{task.modality}", "finding": task.finding, "modality": str(task.modality),
-            "device": [_plain_text(m.get(f"{task.modality}_device")) for m in meta],
-            **{name: [m.get(name) for m in meta] for name in PREDICTION_META},
-            "label": [samples[i][Field.LABEL][task.label] for i in index],
-            "score": logits.astype(np.float64), "probability": 1.0 / (1.0 + np.exp(-logits.astype(np.float64))),
-        }))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def _plain_text(value: Any) -> str | None:
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
 def evaluate_zero_shot(classifier: ZeroShotClassifier, samples: list[dict[str, Any]], plan, prompt_sets,
@@ -400,7 +425,7 @@ def _sha256(path: Path) -> str:
 
 
 def _write_json(data: Any, path: Path) -> None:
-    write_json_atomic(path, _nan_to_none(data), default=_json_default, allow_nan=False)
+    write_json_atomic(path, json_safe(data), default=_json_default, allow_nan=False)
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -415,12 +440,3 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _nan_to_none(value: Any) -> Any:
-    """JSON has no NaN: an undefined metric (one class only) is written as null."""
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_nan_to_none(v) for v in value]
-    if isinstance(value, float | np.floating) and not np.isfinite(value):
-        return None
-    return value

@@ -20,7 +20,7 @@ def tiny_run(tmp_path_factory):
     (root / "pipeline.yaml").write_text(
         "name: tiny\noutput_dir: out\ncohort: cohort.yaml\n"
         f"model: {REPO}/configs/models/tiny.yaml\ntrain: {REPO}/configs/train/tiny.yaml\n"
-        f"plan: {REPO}/evaluation/plans/demo_zero_shot.yaml\n")
+        f"plan: {REPO}/evaluation/plans/demo.yaml\n")
     assert main(["run", str(root / "pipeline.yaml")]) == 0
     return root
 
@@ -36,7 +36,7 @@ def test_outputs_hold_what_the_demo_promises(tiny_run):
             assert len(task["prompt_auroc"]["per_prompt"]) == 8
             assert task["n_positive"] + task["n_negative"] > 0
     assert "macro_auroc" in results["zero_shot"]
-    assert results["plan"]["sha256"] == plan_fingerprint(REPO / "evaluation/plans/demo_zero_shot.yaml")
+    assert results["plan"]["sha256"] == plan_fingerprint(REPO / "evaluation/plans/demo.yaml")
     assert set(results["retrieval"]) == {"cxr", "ecg", "oct", "fundus", "ct"}  # every image modality vs report
     for directions in results["retrieval"].values():
         for recall in directions.values():
@@ -48,6 +48,30 @@ def test_outputs_hold_what_the_demo_promises(tiny_run):
     assert results["pretrain"]["epochs"] == 2 and len(results["pretrain"]["history"]) == 2
     html = (tiny_run / "out/report.html").read_text()
     assert "pleural_effusion" in html and "Macro AUROC" in html and "Cross-modal retrieval" in html
+    for section in ("summary", "intended-use", "data", "model", "methods", "results", "cross-source", "subgroups",
+                    "retrieval", "failures", "limitations", "provenance", "checklist"):
+        assert f'<section id="{section}"' in html
+    assert (tiny_run / "out/report.pdf").read_bytes().startswith(b"%PDF-")
+
+
+def test_the_validation_report_is_rebuilt_from_the_stored_artifacts_alone(tiny_run, capsys):
+    out = tiny_run / "out"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["validation"]["heads"]) == {"zero_shot", "linear_probe", "knn"}
+    assert set(results["validation"]["heads"]["zero_shot"]) == {"test", "external"}
+    assert results["validation"]["cross_source"]["device"]["cardiomegaly/cxr"]["columns"]
+    assert (out / "plan.yaml").read_bytes() == (REPO / "evaluation/plans/demo.yaml").read_bytes()
+    assert main(["report", "rebuild", str(out), "--no-pdf"]) == 0
+    assert "all equal to results.json" in capsys.readouterr().out
+
+
+def test_the_external_split_holds_every_patient_of_the_unseen_device(tiny_run):
+    splits = pd.read_csv(tiny_run / "out/splits.csv")
+    manifest = pd.read_csv(tiny_run / "data/manifest.csv").merge(splits, on=["study_id", "patient_id"])
+    corvid = set(manifest.loc[manifest["cxr_device"] == "Corvid DX-9", "patient_id"])
+    assert corvid and set(manifest.loc[manifest["split"] == "external", "patient_id"]) == corvid
+    sources = json.loads((tiny_run / "out/results.json").read_text())["validation_inputs"]["training_sources"]
+    assert "Corvid DX-9" not in sources["device"]["cxr"]
 
 
 def test_case_index_holds_every_image_of_every_split(tiny_run):
@@ -66,13 +90,17 @@ def test_predictions_hold_one_row_per_study_and_task_and_reproduce_the_aurocs(ti
     results = json.loads((tiny_run / "out/results.json").read_text())
     predictions = pd.read_parquet(tiny_run / "out/predictions.parquet")
     splits = pd.read_csv(tiny_run / "out/splits.csv").set_index("study_id")["split"]
-    assert set(predictions["split"]) == {"val", "test"}
+    assert set(predictions["split"]) == {"val", "test", "external"}
     assert (predictions["study_id"].map(splits) == predictions["split"]).all()
-    assert not predictions.duplicated(["study_id", "task"]).any()
+    assert not predictions.duplicated(["study_id", "task", "head"]).any()
+    assert set(predictions["head"]) <= {"zero_shot", "linear_probe", "knn"}
+    fitted = predictions[predictions["head"] != "zero_shot"]
+    assert fitted.empty or (fitted["split"] != "train").all()
     manifest = pd.read_csv(tiny_run / "data/manifest.csv")
     assert not set(predictions["patient"]) & set(manifest["patient_id"])  # pseudonyms, never the id
     per_patient = predictions.groupby("study_id")["patient"].nunique()
     assert (per_patient == 1).all()
+    predictions = predictions[predictions["head"] == "zero_shot"]
     for task in results["zero_shot_tasks"]:
         rows = predictions[(predictions["task"] == f"{task['finding']}/{task['modality']}")
                            & (predictions["split"] == "test")]
@@ -81,7 +109,8 @@ def test_predictions_hold_one_row_per_study_and_task_and_reproduce_the_aurocs(ti
             assert auroc(rows["label"].to_numpy(), rows["score"].to_numpy()) == pytest.approx(task["auroc"])
     assert ((predictions["probability"] > 0) & (predictions["probability"] < 1)).all()
     for task in results["zero_shot_tasks"]:  # the plan's analyses, from the predictions alone
-        analysed = results["validation"]["tasks"][f"{task['finding']}/{task['modality']}"]["auroc"]
+        analysed = results["validation"]["heads"]["zero_shot"]["test"][f"{task['finding']}/{task['modality']}"]
+        analysed = analysed.get("auroc") or {"estimate": None, "method": "patients"}
         if task["auroc"] is not None:
             assert analysed["estimate"] == pytest.approx(task["auroc"]) and "patients" in analysed["method"]
 
@@ -91,7 +120,7 @@ def test_splits_keep_patients_apart_and_cover_the_cohort(tiny_run):
     manifest = pd.read_csv(tiny_run / "data/manifest.csv")
     assert len(splits) == len(manifest) and manifest["patient_id"].nunique() == 60
     assert (splits.groupby("patient_id")["split"].nunique() == 1).all()
-    assert set(splits["split"]) == {"train", "val", "test"}
+    assert set(splits["split"]) == {"train", "val", "test", "external"}
 
 
 def test_checkpoint_loads_and_rerun_resumes_instead_of_retraining(tiny_run, capsys):

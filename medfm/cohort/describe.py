@@ -97,7 +97,7 @@ def write_description(desc: dict[str, Any], out_dir: str | Path) -> dict[str, Pa
 def description_markdown(desc: dict[str, Any]) -> str:
     """One markdown table per grouping (split, site, each device), each with the overall column first."""
     parts = [f"# Cohort {desc['cohort']}\n"]
-    for title, header, body in _tables(desc):
+    for title, header, body in description_tables(desc):
         parts.append(f"## {title}\n")
         parts.append("| " + " | ".join(header) + " |")
         parts.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
@@ -109,7 +109,7 @@ def description_markdown(desc: dict[str, Any]) -> str:
 def format_description(desc: dict[str, Any]) -> str:
     """The same tables as plain text with aligned columns, for a terminal."""
     parts = [f"Cohort {desc['cohort']}"]
-    for title, header, body in _tables(desc):
+    for title, header, body in description_tables(desc):
         widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
         parts += ["", title, _text_row(header, widths), "  ".join("-" * w for w in widths),
                   *(_text_row(row, widths) for row in body)]
@@ -121,7 +121,8 @@ def _text_row(row: list[str], widths: list[int]) -> str:
     return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(cells))
 
 
-def _tables(desc: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+def description_tables(desc: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """``(title, header, rows)`` per grouping, overall column first: what every rendering prints."""
     groupings = desc["groupings"]
     overall = groupings[OVERALL]["all"]
     names = [g for g in groupings if g != OVERALL] or [OVERALL]

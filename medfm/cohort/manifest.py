@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -25,6 +26,24 @@ class SynthSpec(Config):
     seed: int = 0
 
 
+class ExternalSpec(Config):
+    """Patients set aside before splitting: a device or site never seen in training.
+
+    Used to measure the drop on unseen acquisition conditions. Every patient with a study
+    whose ``column`` (compared as text) is one of ``values`` goes, with all their studies,
+    to the split ``name``; the strategy splits the other patients.
+
+    Attributes:
+        column: the manifest column, e.g. ``cxr_device`` or ``site``.
+        values: the values set aside; each must occur in the table when splitting.
+        name: the split's name.
+    """
+
+    column: str
+    values: list[str] = Field(min_length=1)
+    name: str = Field("external", min_length=1)
+
+
 class SplitSpec(Config):
     """How studies are assigned to splits; every strategy keeps each patient in one split.
 
@@ -40,6 +59,9 @@ class SplitSpec(Config):
         test_values: the values of ``column`` that form the test split (``holdout``).
         cutoffs: two ascending dates (``time``): train before the first, val before the
             second, test on or after the second.
+        external: optional, with any strategy: patients with a study in
+            ``external.values`` of ``external.column`` form the split ``external.name``
+            (see :class:`ExternalSpec`); the strategy splits the rest.
     """
 
     # Field order matters: the validators below read ``strategy`` from the fields before them.
@@ -49,6 +71,7 @@ class SplitSpec(Config):
     column: str | None = Field(None, validate_default=True)
     test_values: list[str] | None = Field(None, validate_default=True)
     cutoffs: list[date] | None = Field(None, validate_default=True)
+    external: ExternalSpec | None = None
 
     @field_validator("fractions")
     @classmethod
@@ -81,6 +104,15 @@ class SplitSpec(Config):
         value = _needed_by(value, info, ("time",), "cutoffs")
         if value is not None and (len(value) != 2 or not value[0] < value[1]):
             raise ValueError(f"cutoffs must be two ascending dates [train_end, val_end], got {value}")
+        return value
+
+    @field_validator("external")
+    @classmethod
+    def _external_name_is_free(cls, value: ExternalSpec | None, info: ValidationInfo) -> ExternalSpec | None:
+        taken = {"train", "val", "test", *info.data.get("fractions", {})}
+        if value is not None and value.name in taken:
+            raise ValueError(f"external.name {value.name!r} is a split the strategy makes; "
+                             f"use a name other than {sorted(taken)}")
         return value
 
 
@@ -139,6 +171,23 @@ class NearDuplicateSpec(Config):
     max_distance: int = Field(4, ge=0, le=64)
 
 
+class InclusionRule(Config):
+    """One named entry of a cohort's ``include`` list: ``{name: adults, rule: "age >= 18"}``.
+
+    Attributes:
+        rule: an SQL boolean expression over the manifest's columns.
+        name: what the participant flow calls the rule; the expression itself when not given.
+    """
+
+    rule: str
+    name: str = Field("", validate_default=True)
+
+    @field_validator("name")
+    @classmethod
+    def _defaults_to_the_rule(cls, value: str, info: ValidationInfo) -> str:
+        return value or info.data.get("rule", "")
+
+
 class CohortConfig(Config):
     """Schema of ``cohorts/*.yaml``: exactly one of ``manifest`` and ``source`` gives the table."""
 
@@ -156,21 +205,51 @@ class CohortConfig(Config):
     # a case's positive ones and measures precision@10 with them; without it cases have no findings.
     findings: dict[Modality, list[str]] = {}
     metadata: list[str] = []
-    include: str | None = None
+    # One SQL rule, or rules applied in order (counted one by one for the participant flow).
+    include: str | list[str | InclusionRule] | None = None
     split: SplitSpec = SplitSpec()
     near_duplicates: NearDuplicateSpec | None = None
 
+    @field_validator("include", mode="before")
+    @classmethod
+    def _rules_by_position(cls, value: Any) -> Any:
+        """Check each listed rule here, so an error names its position (``include[1]``)."""
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise ValueError(f"include must be one SQL expression or a list of rules, not {type(value).__name__}")
+        rules: list[str | InclusionRule] = []
+        for i, item in enumerate(value):
+            if isinstance(item, dict):
+                try:
+                    item = InclusionRule.model_validate(item)
+                except ValidationError as err:
+                    first = err.errors(include_url=False)[0]
+                    where = ".".join(str(p) for p in first["loc"])
+                    reason = ("unknown key; expected 'rule' and optionally 'name'"
+                              if first["type"] == "extra_forbidden" else first["msg"])
+                    raise ValueError(f"include[{i}]: {where}: {reason}") from None
+            elif not isinstance(item, str):
+                raise ValueError(f"include[{i}]: expected an SQL expression or {{name, rule}}, "
+                                 f"got {type(item).__name__}")
+            rules.append(item)
+        return rules
+
     @field_validator("include")
     @classmethod
-    def _single_boolean_expression(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if ";" in value:
-            raise ValueError("include must be one SQL boolean expression; ';' is not allowed")
-        try:
-            duckdb.SQLExpression(value)  # parses exactly one expression, or raises
-        except duckdb.Error as err:
-            raise ValueError(f"include is not a single SQL expression ({_first_line(err)})") from None
+    def _single_boolean_expressions(cls, value: str | list[str | InclusionRule] | None):
+        for key, rule in _keyed_rules(value):
+            if ";" in rule.rule:
+                raise ValueError(f"{key} must be one SQL boolean expression; ';' is not allowed")
+            try:
+                duckdb.SQLExpression(rule.rule)  # parses exactly one expression, or raises
+            except duckdb.Error as err:
+                raise ValueError(f"{key} is not a single SQL expression ({_first_line(err)})") from None
+        names: dict[str, str] = {}
+        for key, rule in _keyed_rules(value):
+            if rule.name in names:
+                raise ValueError(f"{key}: name {rule.name!r} is already used by {names[rule.name]}")
+            names[rule.name] = key
         return value
 
     @model_validator(mode="after")
@@ -225,6 +304,28 @@ class CohortConfig(Config):
 
 
 @dataclass(frozen=True)
+class Exclusion:
+    """What one inclusion rule removed, counted on the rows the rules before it left.
+
+    Attributes:
+        name: the rule's name (the expression itself when unnamed).
+        rule: the SQL expression.
+        studies_excluded: studies (rows) the rule removed.
+        patients_excluded: patients present before the rule and absent after it (every
+            study they had left was removed); a patient who keeps one study is not counted.
+        studies_remaining: studies left after the rule.
+        patients_remaining: distinct patients left after the rule.
+    """
+
+    name: str
+    rule: str
+    studies_excluded: int
+    patients_excluded: int
+    studies_remaining: int
+    patients_remaining: int
+
+
+@dataclass(frozen=True)
 class Cohort:
     """A validated cohort: its config, its manifest table and where the files live."""
 
@@ -233,19 +334,35 @@ class Cohort:
     manifest_path: Path
     table: pd.DataFrame
     excluded: int = 0
-    """Rows of the manifest removed by the ``include`` rule."""
+    """Rows of the manifest removed by the ``include`` rules, all together."""
+    exclusions: tuple[Exclusion, ...] = ()
+    """One record per ``include`` rule, in the order they were applied."""
 
     @property
     def root(self) -> Path:
         """Folder that relative file paths in the manifest start from."""
         return self.manifest_path.parent
 
+    @property
+    def manifest_studies(self) -> int:
+        """Studies in the manifest before any ``include`` rule."""
+        return len(self.table) + self.excluded
+
+    @property
+    def manifest_patients(self) -> int:
+        """Distinct patients in the manifest before any ``include`` rule (read from ``exclusions``)."""
+        if self.exclusions:
+            first = self.exclusions[0]
+            return first.patients_remaining + first.patients_excluded
+        return int(self.table[self.config.patient_column].nunique())
+
 
 def load_cohort(path: str | Path, require_manifest: bool = True) -> Cohort | CohortConfig:
     """Load a cohort YAML and, if ``require_manifest``, its manifest table.
 
-    The table holds only the rows that pass the cohort's ``include`` rule, in the
-    manifest's order and with its index; ``Cohort.excluded`` counts the others.
+    The table holds only the rows that pass every ``include`` rule, in the manifest's
+    order and with its index; ``Cohort.excluded`` counts the others and
+    ``Cohort.exclusions`` what each rule removed, in order.
 
     With ``source:`` the table is built by the named adapter from the dataset's folder
     (nothing is written); ``Cohort.manifest_path`` is then the virtual ``<root>/manifest.csv``,
@@ -255,7 +372,8 @@ def load_cohort(path: str | Path, require_manifest: bool = True) -> Cohort | Coh
     Raises:
         ConfigError: the YAML is invalid, the manifest (or the source root) is missing, a
             column it names is not in the manifest, the adapter cannot read the dataset's
-            layout (key ``source``), or the ``include`` rule fails in DuckDB.
+            layout (key ``source``), or an ``include`` rule fails in DuckDB (key
+            ``include``, or ``include[i]`` for the i-th rule of a list).
     """
     path = Path(path)
     config = load_config(path, CohortConfig)
@@ -266,11 +384,50 @@ def load_cohort(path: str | Path, require_manifest: bool = True) -> Cohort | Coh
     else:
         manifest_path = resolve_path(path, "manifest", config.manifest)
         table = read_manifest(manifest_path, config, path)
-    included = apply_inclusion(table, config.include, path) if config.include else table
-    return Cohort(config, path, manifest_path, included, excluded=len(table) - len(included))
+    included, exclusions = apply_inclusion_rules(table, config.include or [], config.patient_column, path)
+    return Cohort(config, path, manifest_path, included, excluded=len(table) - len(included),
+                  exclusions=exclusions)
 
 
-def apply_inclusion(table: pd.DataFrame, include: str, source: str | Path | None = None) -> pd.DataFrame:
+def apply_inclusion_rules(
+    table: pd.DataFrame,
+    include: str | Sequence[str | InclusionRule],
+    patient_column: str = "patient_id",
+    source: str | Path | None = None,
+) -> tuple[pd.DataFrame, tuple[Exclusion, ...]]:
+    """Apply inclusion rules in order and count what each one removed.
+
+    Each rule runs as :func:`apply_inclusion` over the rows the rules before it left, so
+    the counts depend on the order (the rows finally kept do not, unless a rule's subquery
+    reads ``manifest``, which is then the remaining rows).
+
+    Args:
+        table: the manifest.
+        include: as the YAML's ``include``: one expression, or a list of expressions and
+            :class:`InclusionRule`.
+        patient_column: the column whose distinct values are patients.
+        source: the cohort file, named in errors.
+
+    Returns:
+        The kept rows (manifest order, original index) and one :class:`Exclusion` per rule.
+
+    Raises:
+        ConfigError: as :func:`apply_inclusion`, with key ``include`` (a single expression)
+            or ``include[i]`` (the i-th rule of a list).
+    """
+    exclusions = []
+    for key, rule in _keyed_rules(include):
+        kept = apply_inclusion(table, rule.rule, source, key=key)
+        patients_before = table[patient_column].nunique()
+        patients_after = kept[patient_column].nunique()  # a subset of those before
+        exclusions.append(Exclusion(rule.name, rule.rule, len(table) - len(kept), patients_before - patients_after,
+                                    len(kept), patients_after))
+        table = kept
+    return table, tuple(exclusions)
+
+
+def apply_inclusion(table: pd.DataFrame, include: str, source: str | Path | None = None,
+                    key: str = "include") -> pd.DataFrame:
     """Keep the rows of ``table`` for which the SQL boolean expression ``include`` is true.
 
     The expression is evaluated by DuckDB over the table registered as ``manifest``
@@ -279,10 +436,10 @@ def apply_inclusion(table: pd.DataFrame, include: str, source: str | Path | None
 
     Raises:
         ConfigError: ``include`` is not a boolean expression or DuckDB rejects it
-            (key ``include``, DuckDB's message as the reason).
+            (``key`` as the key, DuckDB's message as the reason).
     """
     if ";" in include:
-        raise ConfigError(source, "include", "one SQL boolean expression expected; ';' is not allowed")
+        raise ConfigError(source, key, "one SQL boolean expression expected; ';' is not allowed")
     row = "__medfm_row"
     con = duckdb.connect()
     try:
@@ -292,13 +449,23 @@ def apply_inclusion(table: pd.DataFrame, include: str, source: str | Path | None
         keep = f"(\n{include}\n)"
         kind = con.execute(f"DESCRIBE SELECT {keep} AS keep FROM manifest").fetchall()[0][1]
         if kind != "BOOLEAN":
-            raise ConfigError(source, "include", f"expression must be boolean, it gives {kind}")
+            raise ConfigError(source, key, f"expression must be boolean, it gives {kind}")
         rows = con.execute(f"SELECT {row} FROM manifest WHERE {keep} ORDER BY {row}").fetchnumpy()[row]
     except duckdb.Error as err:
-        raise ConfigError(source, "include", _first_line(err)) from None
+        raise ConfigError(source, key, _first_line(err)) from None
     finally:
         con.close()
     return table.iloc[np.asarray(rows, dtype=np.int64)]
+
+
+def _keyed_rules(include: str | Sequence[str | InclusionRule] | None) -> list[tuple[str, InclusionRule]]:
+    """``(YAML key, rule)`` per rule: ``include`` for a single expression, ``include[i]`` in a list."""
+    if include is None:
+        return []
+    if isinstance(include, str):
+        return [("include", InclusionRule(rule=include))]
+    return [(f"include[{i}]", rule if isinstance(rule, InclusionRule) else InclusionRule(rule=rule))
+            for i, rule in enumerate(include)]
 
 
 def _first_line(err: Exception) -> str:

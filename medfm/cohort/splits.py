@@ -4,6 +4,10 @@ Three strategies, chosen by ``split.strategy`` in the cohort YAML and dispatched
 :func:`assign_splits`: a stratified random split (:func:`patient_level_split`), a
 held-out site or device (:func:`holdout_split`) and a temporal split
 (:func:`temporal_split`). Each ends with :func:`check_no_patient_leakage`.
+
+With any strategy, ``split.external`` first sets aside every patient seen on a device or
+at a site never used for training (:func:`external_patients`): a partition that measures
+the drop on unseen acquisition conditions.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import pandas as pd
 from medfm.errors import MedfmError
 
 if TYPE_CHECKING:
-    from medfm.cohort.manifest import SplitSpec
+    from medfm.cohort.manifest import ExternalSpec, SplitSpec
 
 
 class LeakageError(MedfmError):
@@ -171,10 +175,56 @@ def assign_splits(
 ) -> pd.Series:
     """Assign every study to a split by the cohort's ``split`` block.
 
+    With ``spec.external``, the patients :func:`external_patients` selects form that
+    split with all their studies, and the strategy runs, unchanged (same seed), on the
+    other patients alone: a device or site never seen in training, to measure the drop on
+    unseen acquisition conditions.
+
     Returns:
         Series named ``split`` aligned with ``table``'s index; no patient in two splits.
+
+    Raises:
+        SplitError: as the strategy; or ``external.column`` is missing, one of
+            ``external.values`` matches no study, or every patient is external.
     """
-    return _STRATEGIES[spec.strategy](table, spec, patient_column, stratify)
+    strategy = _STRATEGIES[spec.strategy]
+    if spec.external is None:
+        return strategy(table, spec, patient_column, stratify)
+    external = external_patients(table, spec.external, patient_column)
+    if external.all():
+        raise SplitError(f"every patient has a study with {spec.external.column} in {spec.external.values}; "
+                         f"no patient is left for the {spec.strategy!r} split")
+    split = pd.Series(spec.external.name, index=table.index, dtype=object, name="split")
+    split[~external] = strategy(table[~external], spec, patient_column, stratify)
+    check_no_patient_leakage(table.assign(split=split), patient_column)
+    return split
+
+
+def external_patients(table: pd.DataFrame, external: ExternalSpec, patient_column: str = "patient_id") -> pd.Series:
+    """Which studies belong to a patient with any study whose ``external.column`` is in ``external.values``.
+
+    Values are compared as text. Every value must match at least one study: a misspelt
+    device name would otherwise leave the external partition silently smaller or empty.
+
+    Returns:
+        Boolean Series aligned with ``table``'s index, true for all of such a patient's studies.
+
+    Raises:
+        SplitError: the column is missing, or a value matches no study.
+    """
+    column = external.column
+    if column not in table.columns:
+        raise SplitError(f"external column {column!r} is not in the manifest")
+    text = table[column].astype("string")
+    present = set(text.dropna())
+    unmatched = [v for v in external.values if str(v) not in present]
+    if unmatched:
+        shown = sorted(present)[:10]
+        raise SplitError(f"external: no study has {column} = {', '.join(map(repr, unmatched))} "
+                         f"(of {list(external.values)}); check the spelling against the manifest "
+                         f"(values present: {', '.join(map(repr, shown))}{', ...' if len(present) > 10 else ''})")
+    matched = text.isin([str(v) for v in external.values]).fillna(False).astype(bool)
+    return table[patient_column].isin(set(table.loc[matched, patient_column])).rename(None)
 
 
 def _require_column(table: pd.DataFrame, column: str) -> None:

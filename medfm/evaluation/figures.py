@@ -339,6 +339,41 @@ def forest_plot(items: Sequence[dict[str, Any]], reference: float | None, xlabel
     return _to_svg(fig, title, f"Forest plot of {xlabel}.{reference_text} " + "; ".join(descriptions) + ".")
 
 
+@_styled
+def decision_curve(thresholds: Sequence[float], models: dict[str, Sequence[float]], treat_all: Sequence[float],
+                   title: str = "Decision curve") -> str:
+    """Net benefit against threshold probability for each model, treating everyone, and treating no one.
+
+    Args:
+        thresholds: threshold probabilities (x).
+        models: net benefit per threshold, by model label.
+        treat_all: net benefit of treating everyone at each threshold (treating no one is 0).
+        title: the figure's title, also its accessible name.
+
+    Returns:
+        The SVG document as text.
+    """
+    _require(thresholds, "decision_curve", "thresholds")
+    fig = _figure(3.9, 3.0)
+    ax = fig.add_subplot()
+    x = np.asarray(thresholds, dtype=float)
+    ax.plot(x, np.zeros_like(x), color=MUTED, linewidth=0.8, linestyle=":", label="treat none")
+    ax.plot(x, np.asarray(treat_all, dtype=float), color=MUTED, linewidth=0.8, linestyle="--", label="treat all")
+    lines = []
+    for i, (label, benefit) in enumerate(models.items()):
+        y = np.asarray(benefit, dtype=float)
+        ax.plot(x, y, marker="o", markersize=2.5, label=label, gid=f"curve-{i}", **_line_style(i))
+        lines.append(f"{label}: " + ", ".join(f"{_fmt(t, 2)} {_fmt(v)}" for t, v in zip(x, y, strict=True)))
+    values = np.concatenate([np.asarray(v, dtype=float) for v in models.values()] + [np.zeros(1)])
+    top = max(float(np.nanmax(values)) if np.isfinite(values).any() else 0.0, 0.01)
+    ax.set_ylim(-0.1 * top - 0.01, top * 1.15)
+    ax.set_xlabel("threshold probability")
+    ax.set_ylabel("net benefit")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    return _to_svg(fig, title, "Decision curve, net benefit by threshold. " + "; ".join(lines) + ".")
+
+
 def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 

@@ -12,7 +12,7 @@ is still a valid plan: every other section has a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -20,6 +20,7 @@ from medfm.atomic import sha256_file
 from medfm.config import Config, load_config, resolve_path
 from medfm.heads.zeroshot import PromptSet, load_prompt_set
 from medfm.keys import Modality
+from medfm.registry import HEADS
 
 Head = Literal["zero_shot", "linear_probe", "knn"]
 Metric = Literal["auroc", "auprc", "sensitivity", "specificity", "ppv", "npv", "brier", "ece"]
@@ -101,7 +102,7 @@ class Statistics(Config):
 class Subgroups(Config):
     """Who results are broken down by: manifest metadata columns, and age bands in years."""
 
-    by: list[str] = ["sex", "site", "device"]
+    by: list[str] = ["sex", "site", "device", "modalities"]  # modalities: the availability pattern
     age_bands: list[float] = [0, 40, 65, 200]  # [0, 40), [40, 65), [65, 200)
 
     @model_validator(mode="after")
@@ -111,15 +112,40 @@ class Subgroups(Config):
         return self
 
 
+class CrossSource(Config):
+    """The cross-device / cross-site matrix: rows where a head was fitted (or the model pretrained), columns
+    where it is tested (the test split and the external splits), each cell the AUROC with its interval and
+    the drop against the row's in-distribution cell.
+
+    ``by``: prediction columns naming a source (``device``, ``site``). ``heads`` (default: every head of
+    the plan): ``zero_shot`` gives one row (the pretrained model; its in-distribution cell pools the
+    sources seen in pretraining); a fitted head gives one row per source of the development split with at
+    least ``min_class_count`` studies of each class, plus a row fitted on all of them.
+    """
+
+    by: list[str] = ["device", "site"]
+    heads: list[Head] | None = None
+    min_class_count: int = Field(3, ge=1)
+
+
 class ZeroShotPlan(Config):
     """Schema of an evaluation plan (the class keeps its first name: every plan has zero-shot tasks)."""
 
     name: str
     version: str
     intended_use: str | None = None
+    target_population: str | None = None
     split: str = "test"
     development_split: str = "val"  # where operating points are chosen and probes fitted
+    # Splits analysed as external validation (patients held out by site or device): same heads and
+    # operating points as the test split, reported beside it, never used for a choice.
+    external: list[str] = []
     heads: list[Head] = ["zero_shot"]
+    # Keyword arguments of a fitted head's class (``linear_probe: {C: 0.5}``, ``knn: {k: 25}``), checked on load.
+    head_settings: dict[Head, dict[str, Any]] = {}
+    # Patient-grouped folds giving the development split out-of-fold scores of a fitted head, so that its
+    # operating points are not chosen on scores it was fitted to.
+    development_folds: int = Field(5, ge=2)
     tasks: list[ZeroShotTask] = Field(min_length=1)
     operating_points: list[OperatingPoint] = []
     primary: list[Endpoint] = []
@@ -127,6 +153,8 @@ class ZeroShotPlan(Config):
     subgroups: Subgroups = Subgroups()
     statistics: Statistics = Statistics()
     acceptance: list[Criterion] = []
+    cross_source: CrossSource = CrossSource()
+    failure_cases: int = Field(3, ge=0)  # worst false positives and negatives shown per task
 
     @model_validator(mode="after")
     def _endpoints_name_what_the_plan_has(self) -> ZeroShotPlan:
@@ -147,10 +175,43 @@ class ZeroShotPlan(Config):
             if endpoint.operating_point is not None and endpoint.operating_point not in points:
                 raise ValueError(f"{where}: operating point {endpoint.operating_point!r} is not defined "
                                  f"(defined: {', '.join(sorted(points)) or 'none'})")
-        if self.development_split == self.split and (self.operating_points or "linear_probe" in self.heads):
-            raise ValueError(f"development_split and split are both {self.split!r}: thresholds and probes "
-                             "chosen on the test split would be judged on it")
+        fitted = {"linear_probe", "knn"} & set(self.heads)
+        if self.development_split in {self.split, *self.external} and (self.operating_points or fitted):
+            raise ValueError(f"development_split {self.development_split!r} is also evaluated: thresholds and "
+                             "probes chosen on it would be judged on it")
+        if self.split in self.external:
+            raise ValueError(f"external lists the test split {self.split!r}")
+        missing = sorted(set(self.cross_source.heads or []) - set(self.heads))
+        if missing:
+            raise ValueError(f"cross_source.heads: {missing} not in heads {self.heads}")
+        for head, settings in self.head_settings.items():
+            if head not in self.fitted_heads:
+                raise ValueError(f"head_settings.{head}: only the fitted heads in heads take settings "
+                                 f"({', '.join(self.fitted_heads) or 'none'})")
+            try:
+                create_head(head, **settings)
+            except TypeError as err:
+                raise ValueError(f"head_settings.{head}: {err}") from None
         return self
+
+    def create_head(self, head: str) -> Any:
+        """A fresh, unfitted instance of a fitted head with the plan's settings."""
+        return create_head(head, **self.head_settings.get(head, {}))
+
+    @property
+    def evaluated_splits(self) -> list[str]:
+        """The test split, then the external ones: every split a head is judged on."""
+        return [self.split, *self.external]
+
+    @property
+    def cross_source_heads(self) -> list[str]:
+        """The heads the cross-source matrix has rows for."""
+        return self.heads if self.cross_source.heads is None else self.cross_source.heads
+
+    @property
+    def fitted_heads(self) -> list[str]:
+        """The plan's heads that are fitted on the development split (all but zero-shot)."""
+        return [h for h in self.heads if h != "zero_shot"]
 
     def _endpoints(self) -> list[tuple[str, Endpoint]]:
         named = [(f"primary[{i}]", e) for i, e in enumerate(self.primary)]
@@ -162,6 +223,13 @@ class ZeroShotPlan(Config):
         if endpoint in self.primary:
             return "primary"
         return "secondary" if endpoint in self.secondary else "exploratory"
+
+
+def create_head(name: str, **settings: Any) -> Any:
+    """A fitted head (``linear_probe``, ``knn``) from the registry, unfitted."""
+    import medfm.heads.probe  # noqa: F401  (registers the fitted heads)
+
+    return HEADS.get(name)(**settings)
 
 
 def load_plan(path: str | Path) -> tuple[ZeroShotPlan, dict[str, PromptSet]]:

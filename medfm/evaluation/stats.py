@@ -290,6 +290,34 @@ def shared_patient_bootstrap_difference(labels_a: Any, scores_a: Any, clusters_a
             "rows_dropped_a": dropped[0], "rows_dropped_b": dropped[1]}
 
 
+def subset_bootstrap_difference(labels: Any, scores: Any, clusters: Any | None, in_a: Any, in_b: Any,
+                                metric: str | Callable[..., Any] = "auroc", n_resamples: int = 2000,
+                                level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Interval of metric(rows in_a) − metric(rows in_b), resampling the patients of both subsets together.
+
+    For two groups of one population that may or may not share patients (a device's studies against the
+    pooled studies of every seen device, or two devices): each resample draws from every patient of either
+    subset, so overlapping patients move together and disjoint groups are resampled independently.
+
+    Returns:
+        The difference's interval dict with ``metric``, ``n_patients``, ``undefined_resamples``.
+    """
+    name, metric_fn = _metric(metric)
+    in_a, in_b = np.asarray(in_a, dtype=bool).ravel(), np.asarray(in_b, dtype=bool).ravel()
+    raw = np.asarray(labels, dtype=float).ravel()
+    keep = (in_a | in_b) & ~np.isnan(raw)
+    ids = np.arange(len(raw)) if clusters is None else np.asarray(clusters).ravel()
+    _, codes = np.unique(ids[keep], return_inverse=True)
+    labels, scores = known_rows(raw[keep], np.asarray(scores, dtype=float).ravel()[keep])
+    n_patients = int(codes.max()) + 1 if len(codes) else 0
+    sets = [(labels[chosen[keep]], scores[chosen[keep]], codes[chosen[keep]]) for chosen in (in_a, in_b)]
+    a, b = (float(metric_fn(y, s, np.arange(len(y)))(np.ones((len(y), 1)))[0]) for y, s, _ in sets)
+    values = _replicates(metric_fn, sets, n_patients, n_resamples, seed)
+    what = f"{_bootstrap_name(clusters)} of both groups together"
+    return {"metric": name, **_percentile(a - b, values[:, 0] - values[:, 1], level, what, n_resamples,
+                                          n_patients)}
+
+
 # -- DeLong ----------------------------------------------------------------------------------
 
 def _one_per_patient(clusters: Any | None, labels: Any) -> None:
@@ -411,6 +439,27 @@ def operating_point(labels: Any, scores: Any, threshold: float, clusters: Any | 
             estimate = counts[hit] / (counts[hit] + counts[miss]) if counts[hit] + counts[miss] else np.nan
         result[name] = _percentile(estimate, values, level, _bootstrap_name(clusters), n_resamples, n_patients)
     return result
+
+
+def roc_curve(labels: Any, scores: Any) -> dict[str, list[float]]:
+    """False- and true-positive rates at every distinct threshold, from (0, 0) to (1, 1); empty without both classes."""
+    labels, scores = known_rows(labels, scores)
+    if labels.sum() == 0 or labels.sum() == len(labels):
+        return {"fpr": [], "tpr": []}
+    _, sensitivity, specificity = _roc_points(labels, scores)
+    return {"fpr": [0.0, *(1 - specificity).tolist()], "tpr": [0.0, *sensitivity.tolist()]}
+
+
+def pr_curve(labels: Any, scores: Any) -> dict[str, list[float]]:
+    """Recall and precision at every distinct threshold (highest first), starting at recall 0, precision 1."""
+    labels, scores = known_rows(labels, scores)
+    if labels.sum() == 0:
+        return {"recall": [], "precision": []}
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    last = np.r_[s[1:] != s[:-1], True]
+    true_pos, called = np.cumsum(y)[last], (np.arange(len(y)) + 1)[last]
+    return {"recall": [0.0, *(true_pos / y.sum()).tolist()], "precision": [1.0, *(true_pos / called).tolist()]}
 
 
 def _roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,8 +1,9 @@
-"""The analyses of a validation plan, computed from ``predictions.parquet`` alone.
+"""The analyses of a validation plan, computed from the stored predictions alone.
 
-Nothing here reads a model or an image: a report rebuilt from the stored predictions and
-the plan gives the same numbers. Only the zero-shot head exists so far; endpoints on
-other heads are listed as not evaluated, never silently dropped.
+Nothing here reads a model or an image: a report rebuilt from ``predictions.parquet`` (and
+``cross_source.parquet``, ``case_search.parquet``) and the plan gives the same numbers. Every head the plan
+names is analysed on the test split and on each external split; operating points are chosen on the
+development split's scores (out-of-fold for a fitted head) and applied unchanged.
 """
 
 from __future__ import annotations
@@ -13,35 +14,82 @@ import numpy as np
 import pandas as pd
 
 from medfm.evaluation import calibration, stats
+from medfm.evaluation.cross_source import cross_source_matrices
 from medfm.evaluation.plan import Criterion, Endpoint, OperatingPoint, ZeroShotPlan
+from medfm.evaluation.retrieval import case_search_validation
 
-BUILT_HEADS = ("zero_shot",)
 NET_BENEFIT_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv")
+BASELINE_HEAD = "zero_shot"  # what the fitted heads are compared with
 
 
-def analyse(predictions: pd.DataFrame, plan: ZeroShotPlan) -> dict[str, Any]:
-    """Per task: discrimination, calibration, operating points, subgroups; then endpoints and acceptance.
+def analyse(predictions: pd.DataFrame, plan: ZeroShotPlan, cross_source: pd.DataFrame | None = None,
+            training_sources: dict[str, dict[str, list[str]]] | None = None,
+            case_search: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Every analysis of the plan: per head, split and task; head comparisons; cross-source; case search.
 
-    Operating points are chosen on the plan's development split and applied unchanged to
-    its test split; every other figure is the test split's.
+    Args:
+        predictions: one row per study, task and head (:mod:`medfm.evaluation.predictions`).
+        plan: the validation plan.
+        cross_source: heads refitted per source, for the cross-source matrix (None: zero-shot rows only).
+        training_sources: per source column and modality, the values seen in pretraining.
+        case_search: one row per similar-case query (:func:`medfm.evaluation.retrieval.case_search_queries`).
+
+    Returns:
+        ``{"plan", "statistics", "heads": {head: {split: {task: analysis}}}, "comparisons", "cross_source",
+        "case_search", "endpoints", "acceptance", "passed"}``, JSON-serialisable apart from NaN.
     """
-    known = predictions[predictions["label"].notna()]
-    tasks = {}
-    for task in plan.tasks:
-        rows = known[known["task"] == task.key]
-        test, development = rows[rows["split"] == plan.split], rows[rows["split"] == plan.development_split]
-        tasks[task.key] = analyse_task(test, development, plan)
-    endpoints = [{"role": role, **_endpoint_result(e, tasks)} for role, e in _declared(plan)]
-    acceptance = [_verdict(c, tasks) for c in plan.acceptance]
+    known = _known(predictions)
+    heads: dict[str, dict[str, dict[str, Any]]] = {}
+    for head in plan.heads:
+        of_head = known[known["head"] == head] if len(known) else known
+        for split in plan.evaluated_splits:
+            per_task = heads.setdefault(head, {}).setdefault(split, {})
+            for task in plan.tasks:
+                rows = of_head[of_head["task"] == task.key] if len(of_head) else of_head
+                test, development = _split(rows, split), _split(rows, plan.development_split)
+                per_task[task.key] = analyse_task(test, development, plan) if len(test) else {
+                    "n": 0, "note": f"no {head} predictions on the {split} split"}
+    endpoints = [{"role": role, **_endpoint_result(e, heads, plan)} for role, e in _declared(plan)]
+    acceptance = [_verdict(c, heads, plan) for c in plan.acceptance]
     verdicts = [a["verdict"] for a in acceptance]
+    settings = plan.statistics
     return {
         "plan": {"name": plan.name, "version": plan.version, "split": plan.split,
-                 "development_split": plan.development_split},
-        "statistics": plan.statistics.model_dump(mode="json"),
-        "tasks": tasks, "endpoints": endpoints, "acceptance": acceptance,
+                 "development_split": plan.development_split, "external": plan.external},
+        "statistics": settings.model_dump(mode="json"),
+        "heads": heads,
+        "comparisons": compare_heads(known, plan),
+        "cross_source": cross_source_matrices(known, _known(cross_source), plan, training_sources or {}),
+        "case_search": None if case_search is None else case_search_validation(
+            case_search, n_resamples=settings.resamples, level=settings.level, seed=settings.seed),
+        "endpoints": endpoints, "acceptance": acceptance,
         "passed": None if not verdicts else all(v == "pass" for v in verdicts),
     }
+
+
+def compare_heads(known: pd.DataFrame, plan: ZeroShotPlan) -> dict[str, dict[str, dict[str, Any]]]:
+    """AUROC of each fitted head minus zero-shot's on the same studies, per split and task (paired bootstrap)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    if BASELINE_HEAD not in plan.heads or not len(known):
+        return out
+    settings = plan.statistics
+    for split in plan.evaluated_splits:
+        for task in plan.tasks:
+            rows = _split(known[known["task"] == task.key], split)
+            base = rows[rows["head"] == BASELINE_HEAD].set_index("study_id")
+            for head in plan.fitted_heads:
+                other = rows[rows["head"] == head].set_index("study_id")
+                shared = other.index.intersection(base.index)
+                if not len(shared):
+                    continue
+                a, b = other.loc[shared], base.loc[shared]
+                out.setdefault(split, {}).setdefault(task.key, {})[f"{head} - {BASELINE_HEAD}"] = \
+                    stats.paired_bootstrap_difference(
+                        a["label"].to_numpy(dtype=float), a["probability"].to_numpy(dtype=float),
+                        b["probability"].to_numpy(dtype=float), clusters=a["patient"].to_numpy(dtype=str),
+                        n_resamples=settings.resamples, level=settings.level, seed=settings.seed)
+    return out
 
 
 def analyse_task(test: pd.DataFrame, development: pd.DataFrame, plan: ZeroShotPlan) -> dict[str, Any]:
@@ -136,26 +184,26 @@ def _declared(plan: ZeroShotPlan) -> list[tuple[str, Endpoint]]:
     return [("primary", e) for e in plan.primary] + [("secondary", e) for e in plan.secondary]
 
 
-def _endpoint_result(endpoint: Endpoint, tasks: dict[str, Any]) -> dict[str, Any]:
-    """An endpoint's interval from the task analyses, or why it was not evaluated."""
+def _endpoint_result(endpoint: Endpoint, heads: dict[str, Any], plan: ZeroShotPlan) -> dict[str, Any]:
+    """An endpoint's interval (on the plan's test split) from the task analyses, or why there is none."""
     described = endpoint.model_dump(mode="json")
-    if endpoint.head not in BUILT_HEADS:
-        return {**described, "result": None, "note": f"not evaluated: the {endpoint.head} head is not built yet"}
-    task = tasks[endpoint.task]
+    task = heads[endpoint.head][plan.split][endpoint.task]
+    if "note" in task:
+        return {**described, "result": None, "note": task["note"]}
     if endpoint.metric in THRESHOLD_METRICS:
-        tested = task["operating_points"][endpoint.operating_point]["test"]
-        result = None if tested is None else tested[endpoint.metric]
-    elif endpoint.metric == "ece":
+        point = task["operating_points"][endpoint.operating_point]
+        result = None if point["test"] is None else point["test"][endpoint.metric]
+        return {**described, "result": result, **({"note": point["note"]} if "note" in point else {})}
+    if endpoint.metric == "ece":
         ece = task["calibration"]["ece"]
-        result = {"estimate": ece["ece"], "low": None, "high": None, "method": ece.get("binning")}
-    else:
-        result = task[endpoint.metric]
-    return {**described, "result": result}
+        return {**described, "result": {"estimate": ece["ece"], "low": None, "high": None,
+                                        "method": ece.get("binning")}}
+    return {**described, "result": task[endpoint.metric]}
 
 
-def _verdict(criterion: Criterion, tasks: dict[str, Any]) -> dict[str, Any]:
-    """Pass, fail, or undetermined (no interval: a class missing, or the head not built)."""
-    found = _endpoint_result(criterion.endpoint, tasks)
+def _verdict(criterion: Criterion, heads: dict[str, Any], plan: ZeroShotPlan) -> dict[str, Any]:
+    """Pass, fail, or undetermined (no interval: a class missing, or the head could not be fitted)."""
+    found = _endpoint_result(criterion.endpoint, heads, plan)
     result = found["result"] or {}
     key = {"lower": "low", "upper": "high", "estimate": "estimate"}[criterion.bound]
     value = result.get(key)
@@ -171,6 +219,17 @@ def _verdict(criterion: Criterion, tasks: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+
+
+def _known(predictions: pd.DataFrame | None) -> pd.DataFrame:
+    """Rows with a known label and a score (an out-of-fold score is NaN where its fold lacked a class)."""
+    if predictions is None or not len(predictions):
+        return pd.DataFrame(columns=["split", "task", "head", "label", "probability", "patient", "study_id"])
+    return predictions[predictions["label"].notna() & predictions["probability"].notna()]
+
+
+def _split(rows: pd.DataFrame, split: str) -> pd.DataFrame:
+    return rows[rows["split"] == split]
 
 
 def _columns(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

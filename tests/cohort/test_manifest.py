@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from medfm.cohort import Cohort, apply_inclusion, load_cohort
+from medfm.cohort import Cohort, Exclusion, InclusionRule, apply_inclusion, apply_inclusion_rules, load_cohort
 from medfm.errors import ConfigError
 
 
@@ -96,6 +96,9 @@ def test_trailing_comment_does_not_swallow_the_query(tmp_path):
     ({"column": "site"}, "split.column", "only used by strategy"),
     ({"strategy": "holdout", "column": "site", "test_values": []}, "split.test_values", "at least one"),
     ({"strategy": "random"}, "split.strategy", "'patient', 'holdout' or 'time'"),
+    ({"external": {"column": "site", "values": ["site_c"], "name": "val"}}, "split.external",
+     "external.name 'val' is a split the strategy makes"),
+    ({"external": {"column": "site", "values": []}}, "split.external.values", "at least 1 item"),
 ])
 def test_split_spec_errors_name_the_key(tmp_path, split, key, reason):
     with pytest.raises(ConfigError, match=reason) as err:
@@ -106,3 +109,101 @@ def test_split_spec_errors_name_the_key(tmp_path, split, key, reason):
 def test_split_spec_defaults_keep_the_patient_strategy(tmp_path):
     config = load_cohort(write_cohort(tmp_path), require_manifest=False)
     assert config.split.strategy == "patient" and config.split.column is None
+
+
+def write_flow_cohort(tmp_path, include):
+    """Four patients, seven studies; P1 loses one of three studies to the age rule and stays."""
+    table = pd.DataFrame({
+        "patient_id": ["P1", "P1", "P1", "P2", "P3", "P3", "P4"],
+        "study_id": [f"S{i}" for i in range(1, 8)],
+        "age": [17, 18, 19, 15, 40, None, 70],
+        "site": ["a", "a", "b", "a", "c", "c", "b"],
+        "cxr_path": [f"{i}.dcm" for i in range(1, 8)],
+        "finding": [0, 1, 0, 1, 0, 1, 0],
+    })
+    table.to_csv(tmp_path / "manifest.csv", index=False)
+    config = {"name": "t", "manifest": "manifest.csv", "modalities": {"cxr": "cxr_path"}, "labels": ["finding"],
+              "metadata": ["site", "age"], "include": include}
+    path = tmp_path / "cohort.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def counts(exclusion):
+    return (exclusion.studies_excluded, exclusion.patients_excluded,
+            exclusion.studies_remaining, exclusion.patients_remaining)
+
+
+def test_each_rule_counts_the_studies_and_patients_it_removed(tmp_path):
+    cohort = load_cohort(write_flow_cohort(tmp_path, [{"name": "adults", "rule": "age >= 18"}, "site <> 'c'"]))
+    adults, not_c = cohort.exclusions
+    assert (adults.name, adults.rule) == ("adults", "age >= 18")
+    # S1 (P1, 17), S4 (P2, 15) and S6 (P3, no age: NULL excludes). P2 lost every study; P1 and P3 kept some.
+    assert counts(adults) == (3, 1, 4, 3)
+    assert (not_c.name, not_c.rule) == ("site <> 'c'", "site <> 'c'")  # unnamed: the expression is the name
+    assert counts(not_c) == (1, 1, 3, 2)  # S5, P3's last study
+    assert (cohort.manifest_studies, cohort.manifest_patients) == (7, 4)
+    assert cohort.excluded == 4 == sum(e.studies_excluded for e in cohort.exclusions)
+    assert cohort.table["study_id"].tolist() == ["S2", "S3", "S7"]
+    assert cohort.table.index.tolist() == [1, 2, 6]
+
+
+def test_rule_order_changes_the_counts_not_the_rows(tmp_path):
+    cohort = load_cohort(write_flow_cohort(tmp_path, ["site <> 'c'", {"name": "adults", "rule": "age >= 18"}]))
+    not_c, adults = cohort.exclusions
+    assert counts(not_c) == (2, 1, 5, 3)  # S5, S6: all of P3
+    assert counts(adults) == (2, 1, 3, 2)  # S1 (P1 keeps two), S4 (P2)
+    assert cohort.table["study_id"].tolist() == ["S2", "S3", "S7"]
+
+
+def test_a_single_string_is_one_rule_named_by_its_expression(tmp_path):
+    cohort = load_cohort(write_flow_cohort(tmp_path, "age >= 18"))
+    (only,) = cohort.exclusions
+    assert (only.name, only.rule) == ("age >= 18", "age >= 18")
+    assert counts(only) == (3, 1, 4, 3)
+    assert cohort.excluded == 3
+
+
+def test_without_rules_there_are_no_exclusions_but_the_totals_stand(tmp_path):
+    for include in (None, []):
+        cohort = load_cohort(write_flow_cohort(tmp_path, include))
+        assert cohort.exclusions == () and cohort.excluded == 0
+        assert (cohort.manifest_studies, cohort.manifest_patients) == (7, 4)
+
+
+def test_a_rule_that_removes_nothing_counts_zero(tmp_path):
+    cohort = load_cohort(write_flow_cohort(tmp_path, ["age >= 18", "TRUE"]))
+    assert counts(cohort.exclusions[1]) == (0, 0, 4, 3)
+
+
+@pytest.mark.parametrize(("include", "reason"), [
+    (["age > 1", "age > 1; DROP TABLE manifest"], r"include\[1\] must be one SQL boolean expression"),
+    (["age > 1", "age >"], r"include\[1\] is not a single SQL expression"),
+    ([{"name": "adults"}], r"include\[0\]: rule: Field required"),
+    ([{"rule": "age > 1", "title": "x"}], r"include\[0\]: title: unknown key"),
+    (["age > 1", 3], r"include\[1\]: expected an SQL expression or \{name, rule\}, got int"),
+    ([{"name": "adults", "rule": "age >= 18"}, {"name": "adults", "rule": "age > 1"}],
+     r"include\[1\]: name 'adults' is already used by include\[0\]"),
+    ({"rule": "age > 1"}, "include must be one SQL expression or a list of rules"),
+])
+def test_rule_list_errors_name_the_position(tmp_path, include, reason):
+    with pytest.raises(ConfigError, match=reason) as err:
+        load_cohort(write_flow_cohort(tmp_path, include), require_manifest=False)
+    assert err.value.key == "include"
+
+
+@pytest.mark.parametrize(("rule", "reason"), [
+    ("agee >= 40", "agee"),
+    ("age + 1", "expression must be boolean"),
+])
+def test_duckdb_errors_of_a_listed_rule_name_its_position(tmp_path, rule, reason):
+    with pytest.raises(ConfigError, match=rf"include\[1\]: .*{reason}") as err:
+        load_cohort(write_flow_cohort(tmp_path, ["site <> 'c'", {"name": "bad", "rule": rule}]))
+    assert err.value.key == "include[1]"
+
+
+def test_apply_inclusion_rules_works_on_any_table():
+    table = pd.DataFrame({"pid": ["A", "A", "B"], "x": [1, 2, 3]})
+    kept, exclusions = apply_inclusion_rules(table, [InclusionRule(name="big", rule="x > 1")], patient_column="pid")
+    assert kept["x"].tolist() == [2, 3]
+    assert exclusions == (Exclusion("big", "x > 1", 1, 0, 2, 2),)

@@ -136,3 +136,93 @@ def test_every_strategy_ends_with_the_leakage_check(monkeypatch):
               spec(strategy="time", column="study_date", cutoffs=["2020-01-01", "2021-01-01"])]:
         with pytest.raises(LeakageError, match="checked"):
             assign_splits(table, s)
+
+
+def device_table(n_patients=400, seed=0):
+    """make_table with a device per study; every 10th patient has one study on the new device."""
+    table = make_table(n_patients, seed)
+    number = table["patient_id"].str[1:].astype(int)
+    first_study = table["study_id"].str.endswith("_0")
+    new = (number % 10 == 0) & first_study
+    dates = pd.to_datetime("2018-01-01") + pd.to_timedelta(number * 5 + table["study_id"].str[-1].astype(int), "D")
+    return table.assign(cxr_device=np.where(new, "Corvid DX-9", "Acme R2"),
+                        site=np.where(number % 3 == 0, "b", "a"),
+                        study_date=dates.dt.strftime("%Y-%m-%d"))
+
+
+EXTERNAL = {"column": "cxr_device", "values": ["Corvid DX-9"]}
+STRATEGIES = {
+    "patient": {"fractions": {"train": 0.7, "val": 0.1, "test": 0.2}, "seed": 4},
+    "holdout": {"strategy": "holdout", "column": "site", "test_values": ["b"], "seed": 4},
+    "time": {"strategy": "time", "column": "study_date", "cutoffs": ["2019-01-01", "2019-07-01"]},
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_external_patients_go_whole_and_the_rest_split_as_if_alone(strategy):
+    table = device_table()
+    split = assign_splits(table, spec(**STRATEGIES[strategy], external=EXTERNAL), stratify=["finding"])
+    new_device_patients = set(table.loc[table["cxr_device"] == "Corvid DX-9", "patient_id"])
+    external = table["patient_id"].isin(new_device_patients)
+    assert len(new_device_patients) == 40
+    # All their studies, also those on the old device.
+    assert (split[external] == "external").all() and (table.loc[external, "cxr_device"] == "Acme R2").any()
+    rest = table[~external]
+    alone = assign_splits(rest, spec(**STRATEGIES[strategy]), stratify=["finding"])
+    pd.testing.assert_series_equal(split[~external], alone, check_dtype=False)
+    assert "external" not in set(alone)
+
+
+def test_external_split_name_is_configurable_and_leakage_checked(monkeypatch):
+    table = device_table(100)
+    split = assign_splits(table, spec(external={**EXTERNAL, "name": "corvid"}))
+    assert set(split) == {"train", "val", "test", "corvid"}
+
+    import medfm.cohort.splits as splits
+    calls = []
+    real = splits.check_no_patient_leakage
+    monkeypatch.setattr(splits, "check_no_patient_leakage",
+                        lambda t, p="patient_id": calls.append(set(t["split"])) or real(t, p))
+    assign_splits(table, spec(external=EXTERNAL))
+    assert {"train", "val", "test", "external"} in calls  # the last check sees every split
+
+
+def test_external_errors_at_split_time():
+    table = device_table(100)
+    with pytest.raises(SplitError, match="external column 'scanner' is not in the manifest"):
+        assign_splits(table, spec(external={"column": "scanner", "values": ["x"]}))
+    with pytest.raises(SplitError, match=r"no study has cxr_device = 'Corvid DX9'.*check the spelling"):
+        assign_splits(table, spec(external={"column": "cxr_device", "values": ["Corvid DX9"]}))
+    # One misspelt value among good ones is still an error: it would silently shrink the partition.
+    with pytest.raises(SplitError, match=r"= 'Korvid'"):
+        assign_splits(table, spec(external={"column": "cxr_device", "values": ["Corvid DX-9", "Korvid"]}))
+    with pytest.raises(SplitError, match="no patient is left"):
+        assign_splits(table, spec(external={"column": "cxr_device", "values": ["Corvid DX-9", "Acme R2"]}))
+
+
+def test_external_patients_compares_as_text_and_ignores_missing_values():
+    from medfm.cohort import ExternalSpec, external_patients
+
+    table = pd.DataFrame({"patient_id": ["A", "A", "B", "C"], "device": ["7", None, "8", "7"]})
+    got = external_patients(table, ExternalSpec(column="device", values=["8"]))
+    assert got.tolist() == [False, False, True, False]
+    # A numeric column with a gap reads as floats: the error shows the values there are.
+    floats = table.assign(device=[7, None, 8, 7])
+    with pytest.raises(SplitError, match=r"no study has device = '8'.*values present: '7\.0', '8\.0'"):
+        external_patients(floats, ExternalSpec(column="device", values=["8"]))
+
+
+@pytest.mark.parametrize(("split", "reason"), [
+    ({"external": {"column": "cxr_device", "values": ["x"], "name": "test"}}, "a split the strategy makes"),
+    ({"external": {"column": "cxr_device", "values": ["x"], "name": "tune"},
+      "fractions": {"train": 0.8, "tune": 0.2}}, "a split the strategy makes"),
+    ({"strategy": "time", "column": "d", "cutoffs": ["2020-01-01", "2021-01-01"],
+      "external": {"column": "cxr_device", "values": ["x"], "name": "val"}}, "a split the strategy makes"),
+    ({"external": {"column": "cxr_device", "values": []}}, "at least 1 item"),
+    ({"external": {"column": "cxr_device", "values": ["x"], "name": ""}}, "at least 1 character"),
+    ({"external": {"values": ["x"]}}, "required"),
+])
+def test_external_spec_is_checked_when_loaded(split, reason):
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError, match=reason):
+        SplitSpec(**split)

@@ -22,8 +22,10 @@ def write(tmp_path, extra=""):
 
 
 def test_the_demo_plan_and_a_full_validation_plan_load(tmp_path):
-    plan, prompts = load_plan(REPO / "evaluation/plans/demo_zero_shot.yaml")
-    assert plan.statistics.ci == "cluster_bootstrap" and plan.acceptance == [] and len(prompts) == 8
+    plan, prompts = load_plan(REPO / "evaluation/plans/demo.yaml")
+    assert plan.statistics.ci == "cluster_bootstrap" and len(plan.acceptance) == 3 and len(prompts) == 8
+    assert plan.heads == ["zero_shot", "linear_probe", "knn"] and plan.external == ["external"]
+    assert plan.create_head("knn").k == 15 and plan.create_head("linear_probe").C == 1.0
     plan, _ = load_plan(write(tmp_path, """intended_use: Triage of OCT scans for drusen in adults.
 heads: [zero_shot, linear_probe]
 operating_points:
@@ -41,6 +43,8 @@ acceptance:
     assert plan.role_of(plan.primary[0]) == "primary" and plan.role_of(plan.secondary[0]) == "secondary"
     assert plan.role_of(plan.acceptance[0].endpoint) == "primary"  # the same analysis as the primary endpoint
     assert plan.tasks[1].key == "drusen/fundus"
+    plan, _ = load_plan(write(tmp_path, "heads: [zero_shot, knn]\nhead_settings: {knn: {k: 5}}\n"))
+    assert plan.create_head("knn").k == 5 and plan.fitted_heads == ["knn"]
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -56,6 +60,11 @@ acceptance:
     ("split: val\noperating_points:\n  - {name: a, rule: youden}\n", "judged on it"),
     ("subgroups: {age_bands: [0, 65, 40]}\n", "must increase"),
     ("statistics: {ci: jackknife}\n", "ci"),
+    ("external: [test]\n", "external lists the test split"),
+    ("external: [val]\noperating_points:\n  - {name: a, rule: youden}\n", "judged on it"),
+    ("heads: [zero_shot]\ncross_source: {heads: [linear_probe]}\n", "cross_source.heads"),
+    ("heads: [zero_shot, knn]\nhead_settings: {knn: {neighbours: 5}}\n", "head_settings.knn"),
+    ("head_settings: {zero_shot: {}}\n", "only the fitted heads"),
 ])
 def test_a_plan_that_contradicts_itself_is_one_clear_error(tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):

@@ -41,8 +41,12 @@ def predictions(seed=0, patients=150):
             score = rng.normal(1.2 * label, 1.0)
             rows.append({"split": split, "study_id": f"S{p}-{eye}", "patient": f"k{p}", "task": "drusen/oct",
                          "device": "A" if eye == 0 else "B", "sex": sex, "age": age, "label": label,
-                         "score": score, "probability": 1 / (1 + np.exp(-score))})
+                         "head": "zero_shot", "score": score, "probability": 1 / (1 + np.exp(-score))})
     return pd.DataFrame(rows)
+
+
+def tasks_of(result, head="zero_shot", split="test"):
+    return result["heads"][head][split]
 
 
 @pytest.fixture
@@ -53,7 +57,7 @@ def plan(tmp_path):
 
 def test_every_interval_names_its_method_and_resamples_patients(plan):
     result = analyse(predictions(), plan)
-    task = result["tasks"]["drusen/oct"]
+    task = tasks_of(result)["drusen/oct"]
     assert task["n_patients"] == 100 and task["n"] == 200
     for name in ("auroc", "auprc", "brier"):
         interval = task[name]
@@ -65,7 +69,7 @@ def test_every_interval_names_its_method_and_resamples_patients(plan):
 
 def test_thresholds_are_chosen_on_development_and_applied_to_test(plan):
     data = predictions()
-    task = analyse(data, plan)["tasks"]["drusen/oct"]
+    task = tasks_of(analyse(data, plan))["drusen/oct"]
     point = task["operating_points"]["sens90"]
     dev = data[(data["split"] == "val")]
     threshold = point["chosen_on_development"]["threshold"]
@@ -86,17 +90,43 @@ def test_specificity_threshold_is_the_lowest_reaching_the_target():
     assert chosen["threshold"] == pytest.approx(0.6) and chosen["specificity"] == 0.8
 
 
-def test_endpoints_carry_their_role_and_an_unbuilt_head_is_listed_not_dropped(plan):
+def test_endpoints_carry_their_role_and_a_head_without_predictions_is_listed_not_dropped(plan):
     result = analyse(predictions(), plan)
     roles = [(e["role"], e["metric"], e["head"]) for e in result["endpoints"]]
     assert roles == [("primary", "auroc", "zero_shot"), ("secondary", "sensitivity", "zero_shot"),
                      ("secondary", "auroc", "linear_probe")]
-    assert result["endpoints"][2]["result"] is None and "not built" in result["endpoints"][2]["note"]
+    assert result["endpoints"][2]["result"] is None
+    assert "no linear_probe predictions" in result["endpoints"][2]["note"]
     assert [a["verdict"] for a in result["acceptance"]] == ["pass", "fail"] and result["passed"] is False
 
 
+def test_a_fitted_head_is_analysed_and_compared_with_zero_shot_on_the_same_studies(plan):
+    data = predictions()
+    rng = np.random.default_rng(5)
+    probe = data.assign(head="linear_probe", score=data["score"] + rng.normal(0, 0.3, len(data)))
+    probe["probability"] = 1 / (1 + np.exp(-probe["score"]))
+    result = analyse(pd.concat([data, probe]), plan)
+    assert result["endpoints"][2]["result"]["estimate"] == pytest.approx(
+        tasks_of(result, "linear_probe")["drusen/oct"]["auroc"]["estimate"])
+    difference = result["comparisons"]["test"]["drusen/oct"]["linear_probe - zero_shot"]
+    assert difference["difference"]["estimate"] == pytest.approx(
+        difference["a"]["estimate"] - difference["b"]["estimate"])
+    assert "paired" in difference["difference"]["method"] and difference["difference"]["n_patients"] == 100
+
+
+def test_an_external_split_gets_the_same_analyses_with_development_thresholds(plan):
+    data = predictions()
+    external = data[data["split"] == "test"].assign(split="external", patient=lambda d: "x" + d["patient"])
+    plan = plan.model_copy(update={"external": ["external"]})
+    result = analyse(pd.concat([data, external]), plan)
+    test, outside = tasks_of(result)["drusen/oct"], tasks_of(result, split="external")["drusen/oct"]
+    assert outside["auroc"]["estimate"] == test["auroc"]["estimate"]
+    assert outside["operating_points"]["sens90"]["chosen_on_development"] == \
+        test["operating_points"]["sens90"]["chosen_on_development"]
+
+
 def test_subgroups_and_age_bands(plan):
-    groups = analyse(predictions(), plan)["tasks"]["drusen/oct"]["subgroups"]
+    groups = tasks_of(analyse(predictions(), plan))["drusen/oct"]["subgroups"]
     assert set(groups) == {"sex", "device", "age"}
     assert set(groups["device"]) == {"A", "B"} and set(groups["age"]) <= {"0-50", "50-70", "70-200"}
     assert sum(g["n"] for g in groups["sex"].values()) == 200

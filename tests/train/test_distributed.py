@@ -80,7 +80,7 @@ def write_tiny_pipeline(root, patients):
     (root / "pipeline.yaml").write_text(
         "name: tiny\noutput_dir: out\ncohort: cohort.yaml\n"
         f"model: {REPO}/configs/models/tiny.yaml\ntrain: {REPO}/configs/train/tiny.yaml\n"
-        f"plan: {REPO}/evaluation/plans/demo_zero_shot.yaml\n")
+        f"plan: {REPO}/evaluation/plans/demo.yaml\n")
     return root / "pipeline.yaml"
 
 
