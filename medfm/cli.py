@@ -97,6 +97,14 @@ def _parser() -> argparse.ArgumentParser:
                        "(default: the MEDFM_TOKEN environment variable)")
     serve.set_defaults(func=_serve)
 
+    validate = verbs.add_parser("validate", help="run a validation plan on a pipeline's trained model (no training): "
+                                "predictions, statistics, report.html and report.pdf")
+    validate.add_argument("plan", type=Path, help="evaluation/plans/*.yaml")
+    validate.add_argument("--pipeline", type=Path, help="the pipeline whose cohort and checkpoint are validated "
+                          "(default: the plan's pipeline key)")
+    validate.add_argument("--out", type=Path, help="run folder (default <pipeline output>/validation-<plan name>)")
+    validate.set_defaults(func=_validate)
+
     report = verbs.add_parser("report", help="validation reports").add_subparsers(metavar="ACTION")
     rebuild = report.add_parser("rebuild", help="recompute a run's analyses from its stored predictions, check them "
                                 "against results.json, and write report.html and report.pdf again")
@@ -175,11 +183,7 @@ def _run(args: argparse.Namespace) -> int:
     index = _shown(Path(results["index"]["path"]))
     console.print(f"case index: [bold]{index}[/] ({results['index']['cases']} cases; "
                   f"medfm serve --index {index})")
-    validation = results["validation"]
-    verdict = {True: "PASS", False: "NOT PASSED", None: "no acceptance criteria"}[validation["passed"]]
-    console.print(f"validation plan {results['plan']['name']} v{results['plan']['version']}: {verdict}")
-    console.print(f"report: [bold]{_shown(Path(results['report_path']))}[/] and "
-                  f"[bold]{_shown(Path(results['report_pdf']))}[/]")
+    _print_verdict(console, results)
     return 0
 
 
@@ -313,6 +317,28 @@ def _serve(args: argparse.Namespace) -> int:
     token = args.token_file.read_text().strip() if args.token_file else os.environ.get("MEDFM_TOKEN")
     serve(args.index, model_dir=args.model, host=args.host, port=args.port, token=token or None)
     return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from medfm.pipeline import validate_plan
+
+    console = Console()
+    results = validate_plan(args.plan, pipeline=args.pipeline, out=args.out, console=console)
+    _print_verdict(console, results)
+    return 0
+
+
+def _print_verdict(console: Console, results: dict) -> None:
+    validation = results["validation"]
+    verdict = {True: "PASS", False: "NOT PASSED", None: "no acceptance criteria"}[validation["passed"]]
+    console.print(f"validation plan {results['plan']['name']} v{results['plan']['version']}: {verdict}")
+    for criterion in validation["acceptance"]:
+        endpoint = criterion["criterion"]["endpoint"]
+        value = "n/a" if criterion["value"] is None else f"{criterion['value']:.3f}"
+        console.print(f"  {criterion['verdict']:<12} {endpoint['metric']} of {endpoint['task']} ({endpoint['head']}), "
+                      f"{criterion['criterion']['bound']} bound {value}", highlight=False)
+    console.print(f"report: [bold]{_shown(Path(results['report_path']))}[/] and "
+                  f"[bold]{_shown(Path(results['report_pdf']))}[/]")
 
 
 def _report_rebuild(args: argparse.Namespace) -> int:

@@ -17,37 +17,37 @@ import torch
 from rich.console import Console
 
 from medfm import __version__
-from medfm.atomic import write_atomic, write_bytes_atomic, write_json_atomic
+from medfm.atomic import sha256_file, write_atomic, write_bytes_atomic, write_json_atomic
 from medfm.cohort import Cohort, CohortConfig, assign_splits, check_near_duplicate_leakage, load_cohort
 from medfm.cohort.describe import describe_cohort
 from medfm.config import Config, load_config, resolve_path
 from medfm.data.cache import PreprocessCache
 from medfm.data.dataset import CohortDataset, materialize, write_quarantine
 from medfm.errors import CheckpointError, ConfigError
-from medfm.evaluation.metrics import auroc
 from medfm.evaluation.plan import load_plan, plan_fingerprint
-from medfm.evaluation.predictions import plan_predictions
+from medfm.evaluation.predictions import plan_predictions, training_sources
 from medfm.evaluation.report import (
     CASE_SEARCH,
     CROSS_SOURCE,
-    FAILURES,
     PLAN_COPY,
     PREDICTIONS,
     RESULTS,
     json_safe,
     render_report,
 )
-from medfm.evaluation.retrieval import case_search_precision, case_search_queries, cross_modal_retrieval
+from medfm.evaluation.report_sections import write_failure_thumbnails
+from medfm.evaluation.retrieval import case_search_queries, case_search_summary
 from medfm.evaluation.run_record import availability, flow_counts, model_summary, provenance
 from medfm.evaluation.validation import analyse
-from medfm.heads.cases import index_samples, thumbnail_image
+from medfm.evaluation.zero_shot import evaluate_retrieval, evaluate_zero_shot, zero_shot_classifier
+from medfm.heads.cases import index_samples
 from medfm.heads.embedding import embed_samples
-from medfm.heads.zeroshot import ZeroShotClassifier
-from medfm.keys import IMAGE_MODALITIES, Field, Modality, encoder_of, input_keys, report_of
+from medfm.keys import Field, encoder_of, input_keys
 from medfm.models import MultimodalModel, create_model, load_model_config
 from medfm.train import TrainConfig, pretrain
 from medfm.train.checkpoint import STATE_JSON, has_train_state
 from medfm.train.distributed import DistContext, barrier, init_distributed, shutdown_distributed
+from medfm.train.loop import SUMMARY_NAME
 
 
 class PipelineConfig(Config):
@@ -151,16 +151,11 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
     run = prepare_run(path, console)
     timing["synth_s"] = time.perf_counter() - tick
     plan, prompt_sets = load_plan(run.files["plan"])
-    produced = set(run.table["split"])
-    for key, names in (("split", [plan.split]), ("external", plan.external)):
-        for name in names:
-            if name not in produced:
-                raise ConfigError(run.files["plan"], key, f"split {name!r} is not produced by the cohort's split "
-                                  f"spec (it makes {', '.join(sorted(produced))})")
+    check_plan_splits(run, plan, run.files["plan"])
 
     model = create_model(run.model_config, seed=run.train_config.seed)
     tick = time.perf_counter()
-    # Every split: training reads train, evaluation the plan's split, the case index holds them all.
+    # Every split: training reads train, evaluation the plan's splits, the case index holds them all.
     splits = ["train", plan.split, *sorted(set(run.table["split"]) - {"train", plan.split})]
     samples, quarantined = read_split_samples(run, model, splits, console)
     timing["read_s"] = time.perf_counter() - tick
@@ -170,7 +165,70 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
     resume = not fresh and _same_training(checkpoint, run.model_config, run.train_config)
     summary = pretrain(model, samples["train"], run.train_config, checkpoint, resume=resume)
     timing["pretrain_s"] = time.perf_counter() - tick
+    return evaluate_plan(run, model, summary, plan, run.files["plan"], prompt_sets, samples, quarantined, run.out,
+                         timing, started, console)
 
+
+def validate_plan(plan_path: str | Path, pipeline: str | Path | None = None, out: str | Path | None = None,
+                  console: Console | None = None) -> dict[str, Any]:
+    """``medfm validate``: run a validation plan against a pipeline's trained model, without training.
+
+    The pipeline gives the cohort (and its split) and the checkpoint (``<output_dir>/checkpoint``); a plan
+    may name both itself (``pipeline:``) and pin the weights (``checkpoint_sha256:``). The run folder
+    (default ``<output_dir>/validation-<plan name>``) gets the same artifacts and report as ``medfm run``.
+
+    Raises:
+        ConfigError: no pipeline given, or the cohort does not produce a split the plan names.
+        CheckpointError: the pipeline's model was never trained, or its weights are not the plan's.
+    """
+    console = console or Console()
+    started = time.perf_counter()
+    timing: dict[str, float] = {}
+    plan_path = Path(plan_path)
+    plan, prompt_sets = load_plan(plan_path)
+    if pipeline is None and plan.pipeline is None:
+        raise ConfigError(plan_path, "pipeline", "no pipeline to validate: give --pipeline or the plan's pipeline key")
+    pipeline = pipeline or resolve_path(plan_path, "pipeline", plan.pipeline)
+    tick = time.perf_counter()
+    run = prepare_run(pipeline, console)
+    timing["synth_s"] = time.perf_counter() - tick
+    check_plan_splits(run, plan, plan_path)
+    checkpoint = run.out / "checkpoint"
+    if not (checkpoint / "model.safetensors").is_file():
+        raise CheckpointError(f"{checkpoint}: no trained model; run `medfm run {pipeline}` first")
+    weights = sha256_file(checkpoint / "model.safetensors")
+    if plan.checkpoint_sha256 is not None and plan.checkpoint_sha256 != weights:
+        raise CheckpointError(f"{checkpoint / 'model.safetensors'}: SHA-256 {weights[:12]}… is not the "
+                              f"{plan.checkpoint_sha256[:12]}… the plan {plan_path} names")
+    model = MultimodalModel.from_pretrained(checkpoint)
+    tick = time.perf_counter()
+    splits = [plan.development_split, *plan.evaluated_splits]
+    samples, quarantined = read_split_samples(run, model, splits, console)
+    timing["read_s"] = time.perf_counter() - tick
+    summary_file = checkpoint / SUMMARY_NAME
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    out = Path(out) if out is not None else run.out / f"validation-{plan.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    return evaluate_plan(run, model, summary, plan, plan_path, prompt_sets, samples, quarantined, out, timing,
+                         started, console)
+
+
+def check_plan_splits(run: PreparedRun, plan, plan_path: Path) -> None:
+    """Refuse a plan whose test or external split the cohort does not produce, before any work."""
+    produced = set(run.table["split"])
+    for key, names in (("split", [plan.split]), ("external", plan.external)):
+        for name in names:
+            if name not in produced:
+                raise ConfigError(plan_path, key, f"split {name!r} is not produced by the cohort's split "
+                                  f"spec (it makes {', '.join(sorted(produced))})")
+
+
+def evaluate_plan(run: PreparedRun, model: MultimodalModel, summary: dict[str, Any], plan, plan_path: Path,
+                  prompt_sets, samples: dict[str, list[dict[str, Any]]], quarantined: dict[str, int], out: Path,
+                  timing: dict[str, float], started: float, console: Console) -> dict[str, Any]:
+    """Every evaluation stage of a trained model: zero-shot and retrieval summaries, the plan's predictions and
+    analyses, the case index and its validation, ``results.json`` and the report, all in ``out``."""
+    checkpoint = run.out / "checkpoint"
     tick = time.perf_counter()
     test = samples[plan.split]
     # Once, for both evaluations: every modality and report (one per study, or each image's own).
@@ -180,21 +238,22 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
     retrieval = evaluate_retrieval(embedded)
     # A key drawn per run and never stored: pseudonyms group a patient's studies and name a case, nothing more.
     made = plan_predictions(classifier, plan, prompt_sets, samples, secrets.token_hex(16), {plan.split: embedded})
+    sources = training_sources(run.table[run.table["split"] == "train"], run.cohort.config, plan)
     timing["zero_shot_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    index = index_samples(run.out / "index", model, checkpoint, run.cohort, [s for v in samples.values() for s in v])
+    index = index_samples(out / "index", model, checkpoint, run.cohort, [s for v in samples.values() for s in v])
     test_studies = [s[Field.META]["study_id"] for s in test]
     queries = case_search_queries(index, test_studies)
-    case_search = case_search_precision(index, test_studies)
+    case_search = case_search_summary(queries, index)
     timing["index_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     for name, table in ((PREDICTIONS, made.predictions), (CROSS_SOURCE, made.cross_source), (CASE_SEARCH, queries)):
-        write_atomic(run.out / name, lambda tmp, t=table: t.to_parquet(tmp, index=False))
-    plan_copy = write_bytes_atomic(run.out / PLAN_COPY, run.files["plan"].read_bytes())
-    validation = analyse(made.predictions, plan, made.cross_source, made.training_sources, queries)
-    write_failure_thumbnails(run.out, made.predictions, validation, plan, samples)
+        write_atomic(out / name, lambda tmp, t=table: t.to_parquet(tmp, index=False))
+    plan_copy = write_bytes_atomic(out / PLAN_COPY, Path(plan_path).read_bytes())
+    validation = analyse(made.predictions, plan, made.cross_source, sources, queries)
+    write_failure_thumbnails(out, made.predictions, validation, plan, samples)
     timing["validation_s"] = time.perf_counter() - tick
 
     zero_shot: dict[str, Any] = {}
@@ -206,8 +265,8 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
         "pipeline": run.pipeline.name,
         "medfm_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "run_dir": _shown(run.out),
-        "plan": {"name": plan.name, "version": plan.version, "split": plan.split, "path": _shown(run.files["plan"]),
+        "run_dir": _shown(out),
+        "plan": {"name": plan.name, "version": plan.version, "split": plan.split, "path": _shown(plan_path),
                  "sha256": plan_fingerprint(plan_copy)},
         "cohort": {**_cohort_summary(run.cohort, run.table, sum(quarantined.values())),
                    "synthetic": config.synth is not None},
@@ -221,44 +280,25 @@ def run_pipeline(path: str | Path, fresh: bool = False, console: Console | None 
         "zero_shot": zero_shot,
         "zero_shot_tasks": tasks,
         "validation": validation,
-        "validation_inputs": {"training_sources": made.training_sources, "fits": made.fits},
+        "validation_inputs": {"training_sources": sources, "fits": made.fits},
         "retrieval": retrieval,
         "case_search": case_search,
-        "index": {"path": str(run.out / "index"), "cases": len(index), "kind": index.kind},
+        "index": {"path": str(out / "index"), "cases": len(index), "kind": index.kind},
         "timing": timing,
-        "inputs": {_shown(p): _sha256(p) for p in [run.path, *run.files.values()]},
+        "inputs": {_shown(p): _sha256(p) for p in dict.fromkeys([run.path, *run.files.values(), Path(plan_path)])},
         "provenance": provenance(run.cohort.manifest_path, {
             "synthesis": config.synth.seed if config.synth else None, "split": config.split.seed,
             "train": run.train_config.seed, "statistics": plan.statistics.seed}),
     }
     results["availability_patterns"] = sorted({p for counts in results["availability"].values() for p in counts})
     timing["total_s"] = time.perf_counter() - started
-    _write_json(results, run.out / RESULTS)
+    _write_json(results, out / RESULTS)
     tick = time.perf_counter()
-    written = render_report(run.out, json.loads((run.out / RESULTS).read_text()))
+    written = render_report(out, json.loads((out / RESULTS).read_text()))
     console.print(f"report written in {time.perf_counter() - tick:.1f} s")
     results["report_path"] = str(written["html"])
     results["report_pdf"] = str(written["pdf"])
     return results
-
-
-def write_failure_thumbnails(out: Path, predictions: pd.DataFrame, validation: dict[str, Any], plan,
-                             samples: dict[str, list[dict[str, Any]]]) -> None:
-    """A PNG of the model's input for each failure case the report shows, named by the case pseudonym."""
-    from medfm.evaluation.report_sections import failure_cases
-
-    known = predictions[predictions["label"].notna() & predictions["probability"].notna()]
-    wanted = {(c["case"], c["modality"]) for per_task in failure_cases(known, validation, plan).values()
-              for c in per_task["false_positives"] + per_task["false_negatives"]}
-    rows = known[known["case"].isin({case for case, _ in wanted})].drop_duplicates("case")
-    by_study = {s[Field.META]["study_id"]: s for s in samples.get(plan.split, [])}
-    (out / FAILURES).mkdir(exist_ok=True)
-    for case, study, modality in rows[["case", "study_id", "modality"]].itertuples(index=False):
-        sample = by_study.get(study)
-        if sample is not None and modality in sample:
-            image = thumbnail_image(sample[modality])
-            write_atomic(out / FAILURES / f"{case}.png", lambda tmp, i=image: i.save(tmp, format="PNG"),
-                         durable=False)
 
 
 def _split_rule(spec) -> str:
@@ -319,75 +359,6 @@ def synthesize_if_needed(cohort_path: Path, config: CohortConfig, console: Conso
     if written.resolve() != manifest.resolve():
         raise ConfigError(cohort_path, "manifest", f"synthesizer wrote {written}, cohort names {manifest}")
     _write_json(wanted, stamp)
-
-
-def zero_shot_classifier(model: MultimodalModel, plan, prompt_sets) -> ZeroShotClassifier:
-    """The plan's findings as one classifier (prompt embeddings computed once)."""
-    # One column per distinct finding: a finding read from two modalities (drusen on OCT
-    # and on fundus photos) shares its prompt embeddings.
-    unique = {prompt_sets[t.finding].finding: prompt_sets[t.finding] for t in plan.tasks}
-    return ZeroShotClassifier(model, list(unique.values())).fit()
-
-
-def evaluate_zero_shot(classifier: ZeroShotClassifier, samples: list[dict[str, Any]], plan, prompt_sets,
-                       embedded: dict[str, tuple[torch.Tensor, list[int]]]) -> list[dict]:
-    """Ensemble and single-prompt AUROC per task, overall and per acquisition device.
-
-    ``embedded`` holds :func:`embed_samples` of ``samples`` for every modality a task reads.
-    """
-    tasks = []
-    for task in plan.tasks:
-        finding = prompt_sets[task.finding].finding
-        x, index = embedded[task.modality]
-        labels = np.array([samples[i][Field.LABEL][task.label] for i in index])
-        scores = classifier.decision_function(x)[:, classifier.findings_.index(finding)]
-        single = {text: auroc(labels, s) for text, s in classifier.single_prompt_scores(x, finding).items()}
-        values = np.array(list(single.values()))
-        devices = np.array([str(samples[i][Field.META].get(f"{task.modality}_device")) for i in index])
-        tasks.append({
-            "finding": task.finding, "modality": str(task.modality), "label": task.label,
-            "auroc": auroc(labels, scores),
-            "n_positive": int((labels == 1).sum()), "n_negative": int((labels == 0).sum()),
-            "prompt_set_version": prompt_sets[task.finding].version,
-            "prompt_auroc": {**_spread(values), "per_prompt": single},
-            "by_device": {d: {"n": int((devices == d).sum()), "auroc": auroc(labels[devices == d],
-                                                                          scores[devices == d])}
-                          for d in sorted(set(devices))},
-        })
-    return tasks
-
-
-def _spread(values: np.ndarray) -> dict[str, float]:
-    """Min, median and max of the defined values (NaN when none is: a split with one class)."""
-    defined = values[np.isfinite(values)]
-    if not defined.size:
-        return {"min": float("nan"), "median": float("nan"), "max": float("nan")}
-    return {"min": float(defined.min()), "median": float(np.median(defined)), "max": float(defined.max())}
-
-
-def evaluate_retrieval(embedded: dict[str, tuple[torch.Tensor, list[int]]]) -> dict[str, Any]:
-    """Image→report and report→image recall@1/5/10 per image modality, over the studies with both.
-
-    ``embedded`` maps each input key to :func:`embed_samples`' embeddings and sample indices.
-    An image is matched with its own report (``report.<image>``) where the cohort gives
-    one, else with the study's report. The gallery is every such study of the split; only
-    the study's own report (or image) counts as found, so another study of the same
-    patient is a miss.
-    """
-    out = {}
-    for modality in IMAGE_MODALITIES:
-        report_key = report_of(modality) if report_of(modality) in embedded else Modality.REPORT
-        if modality not in embedded or report_key not in embedded:
-            continue
-        images, index = embedded[modality]
-        reports, report_index = embedded[report_key]
-        report_row = {sample: row for row, sample in enumerate(report_index)}
-        rows = [(row, report_row[sample]) for row, sample in enumerate(index) if sample in report_row]
-        if len(rows) < 2:
-            continue
-        image_rows, paired_reports = map(list, zip(*rows, strict=True))
-        out[str(modality)] = cross_modal_retrieval(images[image_rows], reports[paired_reports])
-    return out
 
 
 def _same_training(checkpoint: Path, model_config, train_config: TrainConfig) -> bool:

@@ -135,6 +135,10 @@ class ZeroShotPlan(Config):
     version: str
     intended_use: str | None = None
     target_population: str | None = None
+    # What is validated (``medfm validate PLAN``): the pipeline whose cohort and trained checkpoint the
+    # plan is run on, and optionally the SHA-256 of that checkpoint's model.safetensors, refused if it differs.
+    pipeline: str | None = None
+    checkpoint_sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$")
     split: str = "test"
     development_split: str = "val"  # where operating points are chosen and probes fitted
     # Splits analysed as external validation (patients held out by site or device): same heads and

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medfm.cohort import CohortConfig
 from medfm.evaluation.plan import ZeroShotPlan
 from medfm.heads.cases import patient_key
 from medfm.heads.embedding import embed_samples
@@ -46,13 +47,11 @@ class PlanPredictions:
         predictions: one row per study, task and head (``predictions.parquet``).
         cross_source: one row per study, task, head and fitting source (``cross_source.parquet``).
         fits: per fitted head and task, what it was fitted on and whether the fit converged.
-        training_sources: per source column and modality, the values seen in pretraining.
     """
 
     predictions: pd.DataFrame
     cross_source: pd.DataFrame
     fits: dict[str, dict[str, Any]] = field(default_factory=dict)
-    training_sources: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 def plan_predictions(classifier: ZeroShotClassifier, plan: ZeroShotPlan, prompt_sets, samples: dict[str, list],
@@ -63,13 +62,12 @@ def plan_predictions(classifier: ZeroShotClassifier, plan: ZeroShotPlan, prompt_
         classifier: the fitted zero-shot classifier (its model embeds the samples).
         plan: the validation plan.
         prompt_sets: the plan's prompt sets by finding.
-        samples: preprocessed samples per split name; must hold the plan's development and evaluated splits,
-            and ``train`` for the sources seen in pretraining.
+        samples: preprocessed samples per split name; must hold the plan's development and evaluated splits.
         salt: the key of the ``patient`` and ``case`` pseudonyms (drawn per run, not stored).
         embedded: embeddings already computed, per split and input key (filled in as more are computed).
 
     Returns:
-        The predictions, the cross-source predictions, the fit records and the training sources.
+        The predictions, the cross-source predictions and the fit records.
     """
     embedded = {} if embedded is None else embedded
 
@@ -103,7 +101,7 @@ def plan_predictions(classifier: ZeroShotClassifier, plan: ZeroShotPlan, prompt_
                 cross += _cross_source_rows(head, per_split, plan)
     predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     cross_source = pd.concat(cross, ignore_index=True) if cross else pd.DataFrame()
-    return PlanPredictions(predictions, cross_source, fits, training_sources(samples.get("train", []), plan))
+    return PlanPredictions(predictions, cross_source, fits)
 
 
 def study_rows(samples: list[dict[str, Any]], index: list[int], modality: Modality, split: str,
@@ -126,14 +124,21 @@ def study_rows(samples: list[dict[str, Any]], index: list[int], modality: Modali
     })
 
 
-def training_sources(train: list[dict[str, Any]], plan: ZeroShotPlan) -> dict[str, dict[str, list[str]]]:
-    """Per source column (``device``, ``site``) and task modality, the values among the pretraining studies."""
+def training_sources(train: pd.DataFrame, config: CohortConfig, plan: ZeroShotPlan) -> dict[str, dict[str, list[str]]]:
+    """Per source column (``device``, ``site``) and task modality, the values among the pretraining studies.
+
+    Read from the manifest rows of the train split that have the modality: the studies the pipeline
+    pretrains on. Sources of an external split are therefore never among them.
+    """
     out: dict[str, dict[str, list[str]]] = {}
     for by in plan.cross_source.by:
         for modality in dict.fromkeys(t.modality for t in plan.tasks):
-            key = f"{modality}_device" if by == "device" else by
-            values = {_plain_text(s[Field.META].get(key)) for s in train if modality in s}
-            out.setdefault(by, {})[str(modality)] = sorted(v for v in values if v is not None)
+            column = f"{modality}_device" if by == "device" else by
+            present = pd.Series(False, index=train.index)
+            for path_column in config.columns_of(modality) if modality in config.modalities else []:
+                present |= train[path_column].notna()
+            values = train.loc[present, column].dropna().astype(str) if column in train else pd.Series([], dtype=str)
+            out.setdefault(by, {})[str(modality)] = sorted(values.unique())
     return out
 
 
@@ -157,8 +162,10 @@ def _fit_and_score(head_name: str, per_split: dict[str, tuple[np.ndarray, pd.Dat
     if n_positive == 0 or n_positive == n_known:
         return [], {**fit, "fitted": False, "note": f"the {plan.development_split} split lacks a class"}
     head = plan.create_head(head_name).fit(_numpy(x_dev)[known], labels[known])
-    out_of_fold = out_of_fold_scores(lambda: plan.create_head(head_name), _numpy(x_dev), labels,
-                                     dev["patient"].to_numpy(), plan.development_folds, plan.statistics.seed)
+    # Folds from patients in order of appearance, not from their salted pseudonyms: the same folds every run.
+    groups = pd.factorize(dev["patient"])[0]
+    out_of_fold = out_of_fold_scores(lambda: plan.create_head(head_name), _numpy(x_dev), labels, groups,
+                                     plan.development_folds, plan.statistics.seed)
     frames = [_scored(dev, head_name, out_of_fold)]
     for split, (x, rows) in per_split.items():
         if split != plan.development_split:

@@ -13,14 +13,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfm.atomic import sha256_file
+from medfm.atomic import sha256_file, write_atomic
 from medfm.cohort.describe import description_tables
 from medfm.evaluation import figures, stats
 from medfm.evaluation.checklists import checklist_rows, load_checklists
 from medfm.evaluation.flow import flow_diagram, flow_stages
 from medfm.evaluation.plan import ZeroShotPlan
+from medfm.evaluation.report import FAILURES
+from medfm.heads.cases import thumbnail_image
+from medfm.keys import Field
 
-FAILURES = "failures"
 SMALL = 10  # positives (or negatives) below which an interval is too wide to support a claim
 SPLIT_ROLES = {"train": "pretraining (no labels)", "val": "development: heads fitted, thresholds chosen",
                "test": "test (held-out patients)", "external": "external validation (never trained on)"}
@@ -99,6 +101,26 @@ def failure_cases(known: pd.DataFrame, validation: dict[str, Any], plan: ZeroSho
                          "false_negatives": _cases(wrong_neg.head(plan.failure_cases)),
                          "n_false_positives": len(wrong_pos), "n_false_negatives": len(wrong_neg)}
     return out
+
+
+def write_failure_thumbnails(out: Path, predictions: pd.DataFrame, validation: dict[str, Any], plan: ZeroShotPlan,
+                             samples: dict[str, list[dict[str, Any]]]) -> None:
+    """A PNG of the model's input for each failure case the report will show, named by the case pseudonym.
+
+    Written while the run still holds its samples: a rebuilt report finds them in ``failures/``.
+    """
+    known = predictions[predictions["label"].notna() & predictions["probability"].notna()]
+    wanted = {c["case"] for per_task in failure_cases(known, validation, plan).values()
+              for c in per_task["false_positives"] + per_task["false_negatives"]}
+    rows = known[known["case"].isin(wanted)].drop_duplicates("case")
+    by_study = {s[Field.META]["study_id"]: s for s in samples.get(plan.split, [])}
+    (out / FAILURES).mkdir(exist_ok=True)
+    for case, study, modality in rows[["case", "study_id", "modality"]].itertuples(index=False):
+        sample = by_study.get(study)
+        if sample is not None and modality in sample:
+            image = thumbnail_image(sample[modality])
+            write_atomic(out / FAILURES / f"{case}.png", lambda tmp, i=image: i.save(tmp, format="PNG"),
+                         durable=False)
 
 
 def _cases(rows: pd.DataFrame) -> list[dict[str, Any]]:

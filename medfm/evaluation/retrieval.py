@@ -271,7 +271,11 @@ def case_search_precision(index: CaseIndex, study_ids: list[str], k: int = 10) -
     the queries positive for each finding, counting returned cases positive for it.
     Modalities whose cases carry no findings (the cohort names none) are left out.
     """
-    queries = case_search_queries(index, study_ids, k)
+    return case_search_summary(case_search_queries(index, study_ids, k), index, k)
+
+
+def case_search_summary(queries: pd.DataFrame, index: CaseIndex, k: int = 10) -> dict[str, Any]:
+    """:func:`case_search_precision`'s figures from an already computed :func:`case_search_queries` table."""
     gallery = dict(index.db.execute("SELECT modality, COUNT(*) FROM cases WHERE findings IS NOT NULL "
                                     "GROUP BY modality"))
     precision = f"precision@{k}"

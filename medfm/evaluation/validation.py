@@ -39,7 +39,7 @@ def analyse(predictions: pd.DataFrame, plan: ZeroShotPlan, cross_source: pd.Data
         ``{"plan", "statistics", "heads": {head: {split: {task: analysis}}}, "comparisons", "cross_source",
         "case_search", "endpoints", "acceptance", "passed"}``, JSON-serialisable apart from NaN.
     """
-    known = _known(predictions)
+    known = _known(_ordinal_patients(predictions))
     heads: dict[str, dict[str, dict[str, Any]]] = {}
     for head in plan.heads:
         of_head = known[known["head"] == head] if len(known) else known
@@ -60,9 +60,10 @@ def analyse(predictions: pd.DataFrame, plan: ZeroShotPlan, cross_source: pd.Data
         "statistics": settings.model_dump(mode="json"),
         "heads": heads,
         "comparisons": compare_heads(known, plan),
-        "cross_source": cross_source_matrices(known, _known(cross_source), plan, training_sources or {}),
+        "cross_source": cross_source_matrices(known, _known(_ordinal_patients(cross_source)), plan,
+                                              training_sources or {}),
         "case_search": None if case_search is None else case_search_validation(
-            case_search, n_resamples=settings.resamples, level=settings.level, seed=settings.seed),
+            _ordinal_patients(case_search), n_resamples=settings.resamples, level=settings.level, seed=settings.seed),
         "endpoints": endpoints, "acceptance": acceptance,
         "passed": None if not verdicts else all(v == "pass" for v in verdicts),
     }
@@ -219,6 +220,18 @@ def _verdict(criterion: Criterion, heads: dict[str, Any], plan: ZeroShotPlan) ->
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+
+
+def _ordinal_patients(table: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Patient pseudonyms replaced by their order of first appearance.
+
+    The bootstrap numbers patients in sorted order of their ids; a pseudonym's salt is drawn per run, so
+    sorting pseudonyms would draw different resamples from the same predictions in every run. Rows come in
+    manifest order, so ordinals make the intervals a function of the data and the seed alone.
+    """
+    if table is None or not len(table) or "patient" not in table:
+        return table
+    return table.assign(patient=[f"{code:08d}" for code in pd.factorize(table["patient"])[0]])
 
 
 def _known(predictions: pd.DataFrame | None) -> pd.DataFrame:

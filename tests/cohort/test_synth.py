@@ -403,3 +403,27 @@ def test_rerun_overwrites_cleanly(tmp_path):
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert on_disk == listed | {"manifest.csv", "cxr/notes.txt"}
     assert not any(p.name.endswith(".tmp") for p in out.rglob("*"))
+
+
+def test_the_bedside_ap_unit_magnifies_the_heart_and_layers_fluid_without_a_meniscus():
+    from dataclasses import replace
+
+    from medfm.cohort.synth import cxr
+
+    pa = cxr.CXR_DEVICES["ACME DX-500"]
+    ap = replace(pa, projection="AP supine")
+    anatomy = cxr.sample_anatomy(np.random.default_rng(3))
+
+    def draw(device, ctr=0.45, fluid=0.0):
+        return cxr.render_attenuation(anatomy, device, ctr, fluid, "right", np.random.default_rng(9))
+
+    bigger = draw(ap) - draw(pa)  # the same film but for the heart: it gains area
+    heart_area = (draw(pa, ctr=0.0001) - draw(pa) < -0.01).sum()  # what a heart adds over (almost) none
+    assert (bigger > 0.01).sum() > 0.2 * heart_area and (bigger < -0.01).sum() < 0.05 * heart_area
+    upper = (slice(int(0.3 * 320), int(0.45 * 320)), slice(0, 160))  # upper zone of the right lung (image left)
+    base = (slice(int(0.62 * 320), int(0.7 * 320)), slice(0, 160))  # above the dome, inside the lung
+    for device, upper_rises in ((pa, False), (ap, True)):
+        clear, wet = draw(device), draw(device, fluid=0.3)
+        assert (wet[base] - clear[base]).mean() > 0.01
+        assert ((wet[upper] - clear[upper]).mean() > 0.01) == upper_rises
+    assert cxr.CXR_DEVICES["Corvid DX-9"].projection == "AP supine"

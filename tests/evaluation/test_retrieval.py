@@ -19,9 +19,9 @@ from medfm.evaluation.retrieval import (
     ranked_candidates,
     shares_finding,
 )
+from medfm.evaluation.zero_shot import evaluate_retrieval
 from medfm.heads.retrieval import Case, CaseIndex
 from medfm.keys import Modality, report_of
-from medfm.pipeline import evaluate_retrieval
 
 
 def brute_force_recall(q, g, k):

@@ -232,3 +232,41 @@ def test_every_result_is_json_and_names_its_method():
     for result in results:
         assert {"estimate", "low", "high", "level", "method"} <= set(result)
         json.loads(json.dumps(result))
+
+
+def test_subset_difference_resamples_the_patients_of_both_subsets_together():
+    labels, scores, clusters = clustered_data(7)
+    rng = np.random.default_rng(7)
+    in_a = rng.random(len(labels)) < 0.5
+    in_b = ~in_a | (rng.random(len(labels)) < 0.3)  # overlapping subsets: some rows in both
+    result = stats.subset_bootstrap_difference(labels, scores, clusters, in_a, in_b, n_resamples=120, seed=3)
+    kept = in_a | in_b
+    patients, codes = np.unique(clusters[kept], return_inverse=True)
+    rows_of = [np.flatnonzero(codes == p) for p in range(len(patients))]
+    y, s, a, b = labels[kept], scores[kept], in_a[kept], in_b[kept]
+    slow = []
+    for block in stats.patient_resamples(len(patients), 120, 3):
+        for drawn in block:
+            rows = np.concatenate([rows_of[p] for p in drawn])
+            slow.append(metrics.auroc(y[rows][a[rows]], s[rows][a[rows]]) - metrics.auroc(y[rows][b[rows]],
+                                                                                           s[rows][b[rows]]))
+    q = [(1 - 0.95) / 2, (1 + 0.95) / 2]
+    np.testing.assert_allclose([result["low"], result["high"]], np.quantile(slow, q), rtol=1e-12)
+    assert result["estimate"] == pytest.approx(metrics.auroc(labels[in_a], scores[in_a])
+                                               - metrics.auroc(labels[in_b], scores[in_b]))
+    assert result["n_patients"] == len(patients) and "both groups together" in result["method"]
+
+
+def test_roc_and_pr_curves_match_scikit_learn():
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    labels, scores, _ = clustered_data(2)
+    curve = stats.roc_curve(labels, scores)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(curve["fpr"], fpr)
+    np.testing.assert_allclose(curve["tpr"], tpr)
+    pr = stats.pr_curve(labels, scores)
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    np.testing.assert_allclose(pr["recall"][1:], recall[::-1][1:])
+    np.testing.assert_allclose(pr["precision"][1:], precision[::-1][1:])
+    assert stats.roc_curve(np.ones(4), np.arange(4.0)) == {"fpr": [], "tpr": []}

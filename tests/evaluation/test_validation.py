@@ -140,3 +140,9 @@ def test_delong_is_refused_when_patients_have_two_eyes(plan):
     with pytest.raises(ValueError):
         analyse(predictions(), plan.model_copy(update={"statistics": plan.statistics.model_copy(
             update={"ci": "delong"})}))
+
+
+def test_numbers_do_not_depend_on_the_salt_of_the_patient_pseudonyms(plan):
+    data = predictions()
+    salted = data.assign(patient="z" + data["patient"].str[::-1])  # same grouping, other sort order
+    assert json.dumps(analyse(data, plan)) == json.dumps(analyse(salted, plan))

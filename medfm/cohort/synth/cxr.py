@@ -50,6 +50,10 @@ class CxrDevice(NamedDevice):
     response: Callable[[np.ndarray], np.ndarray]
     noise: float  # std of additive noise on the [0, 1] response scale
     blur_px: float
+    # ``AP supine``: a portable unit's bedside film. The heart, far from the detector, is magnified by the
+    # divergent beam, and free fluid layers along the posterior chest wall as a veil over the hemithorax
+    # instead of forming a meniscus at the costophrenic angle.
+    projection: str = "PA"
 
     @property
     def stored_range(self) -> tuple[int, int]:
@@ -61,6 +65,8 @@ class CxrDevice(NamedDevice):
 _DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 _CR = "1.2.840.10008.5.1.4.1.1.1"
 
+AP_HEART_MAGNIFICATION = 1.15  # heart width on a bedside AP film against a PA film (about 15%)
+
 CXR_DEVICES: dict[str, CxrDevice] = {
     d.name: d
     for d in (
@@ -69,7 +75,7 @@ CXR_DEVICES: dict[str, CxrDevice] = {
         CxrDevice("Borealis CR-200", "CR", _CR, "MONOCHROME1", 256, 1.40, 10, 2.0, -1024.0,
                   _log_like, noise=0.03, blur_px=0.6),
         CxrDevice("Corvid DX-9", "DX", _DX_PRESENTATION, "MONOCHROME2", 288, 1.25, 14, 0.5, 100.0,
-                  _gamma_08, noise=0.018, blur_px=1.1),
+                  _gamma_08, noise=0.018, blur_px=1.1, projection="AP supine"),
     )
 }
 
@@ -152,7 +158,7 @@ def render_attenuation(
     hemithorax = (_step(q_lat - q, 1.5) * _step(q - med, 2.0)
                   * _step(y_dome - y, 1.5) * _step(y - y_top, 3.0))
 
-    hw = ctr * lat  # half-width: ctr x thoracic width (2 lat) / 2
+    hw = ctr * lat * (AP_HEART_MAGNIFICATION if device.projection == "AP supine" else 1.0)
     hh = 0.72 * hw + 10.0
     hx = hw / 3.0  # a third of the heart lies right of the midline, two thirds left
     hy = 85.0 - dome_depth + 0.5 * anatomy.dome_drop_left + 15.0 - hh  # rests on the domes
@@ -160,7 +166,12 @@ def render_attenuation(
     lung = hemithorax * (1.0 - heart)
 
     fluid = np.zeros_like(x)
-    if effusion_height > 0:
+    if effusion_height > 0 and device.projection == "AP supine":
+        # Layered fluid: a veil denser towards the base, as thick as the effusion is large, no meniscus.
+        side = {"left": left, "right": ~left, "bilateral": np.ones_like(left)}[effusion_side]
+        depth = np.clip((y - y_top) / lung_h, 0.0, 1.0)
+        fluid = side * hemithorax * np.float32(min(1.0, 1.6 * effusion_height)) * (0.35 + 0.65 * depth)
+    elif effusion_height > 0:
         h_mm = effusion_height * lung_h
         qn = np.clip((q - med) / (lat - med), 0.0, 1.0)
         # Meniscus: fluid climbs the lateral chest wall, hiding the costophrenic angle.
