@@ -25,7 +25,7 @@ from medfm.data.cache import PreprocessCache
 from medfm.data.dataset import CohortDataset, materialize, write_quarantine
 from medfm.errors import CheckpointError, ConfigError
 from medfm.evaluation.plan import load_plan, plan_fingerprint
-from medfm.evaluation.predictions import plan_predictions, training_sources
+from medfm.evaluation.predictions import linkage, plan_predictions, study_key, training_sources, with_decisions
 from medfm.evaluation.report import (
     CASE_SEARCH,
     CROSS_SOURCE,
@@ -48,6 +48,8 @@ from medfm.train import TrainConfig, pretrain
 from medfm.train.checkpoint import STATE_JSON, has_train_state
 from medfm.train.distributed import DistContext, barrier, init_distributed, shutdown_distributed
 from medfm.train.loop import SUMMARY_NAME
+
+PRIVATE = "private"
 
 
 class PipelineConfig(Config):
@@ -98,7 +100,8 @@ def prepare_run(path: str | Path, console: Console, ctx: DistContext | None = No
     split = assign_splits(cohort.table, cohort_config.split, cohort_config.patient_column, cohort_config.labels)
     table = cohort.table.assign(split=split)
     if ctx.is_main:
-        _write_csv(table[[cohort_config.study_column, cohort_config.patient_column, "split"]], out / "splits.csv")
+        _write_csv(table[[cohort_config.study_column, cohort_config.patient_column, "split"]],
+                   private_dir(out) / "splits.csv")
     if cohort_config.near_duplicates is not None:
         spec = cohort_config.near_duplicates
         check_near_duplicate_leakage(table, spec.column, cohort.root, max_distance=spec.max_distance,
@@ -130,9 +133,10 @@ def read_split_samples(run: PreparedRun, model: MultimodalModel, names: list[str
         quarantine += skipped
         counts[name] = len(skipped)
     if ctx.is_main:
-        write_quarantine(quarantine, run.out / "quarantine.json")
+        write_quarantine(quarantine, private_dir(run.out) / "quarantine.json")
         if quarantine:
-            console.print(f"[yellow]{len(quarantine)} file(s) quarantined, see {run.out / 'quarantine.json'}")
+            console.print(f"[yellow]{len(quarantine)} file(s) quarantined, see "
+                          f"{private_dir(run.out) / 'quarantine.json'}")
     return samples, counts
 
 
@@ -237,7 +241,9 @@ def evaluate_plan(run: PreparedRun, model: MultimodalModel, summary: dict[str, A
     tasks = evaluate_zero_shot(classifier, test, plan, prompt_sets, embedded)
     retrieval = evaluate_retrieval(embedded)
     # A key drawn per run and never stored: pseudonyms group a patient's studies and name a case, nothing more.
-    made = plan_predictions(classifier, plan, prompt_sets, samples, secrets.token_hex(16), {plan.split: embedded})
+    salt = secrets.token_hex(16)
+    made = plan_predictions(classifier, plan, prompt_sets, samples, salt, {plan.split: embedded})
+    links = linkage(samples, salt)
     sources = training_sources(run.table[run.table["split"] == "train"], run.cohort.config, plan)
     timing["zero_shot_s"] = time.perf_counter() - tick
 
@@ -245,15 +251,18 @@ def evaluate_plan(run: PreparedRun, model: MultimodalModel, summary: dict[str, A
     index = index_samples(out / "index", model, checkpoint, run.cohort, [s for v in samples.values() for s in v])
     test_studies = [s[Field.META]["study_id"] for s in test]
     queries = case_search_queries(index, test_studies)
+    queries.insert(1, "study", [study_key(salt, s) for s in queries.pop("study_id")])
     case_search = case_search_summary(queries, index)
     timing["index_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    for name, table in ((PREDICTIONS, made.predictions), (CROSS_SOURCE, made.cross_source), (CASE_SEARCH, queries)):
+    validation = analyse(made.predictions, plan, made.cross_source, sources, queries)
+    predictions = with_decisions(made.predictions, validation, plan)
+    for name, table in ((PREDICTIONS, predictions), (CROSS_SOURCE, made.cross_source), (CASE_SEARCH, queries)):
         write_atomic(out / name, lambda tmp, t=table: t.to_parquet(tmp, index=False))
     plan_copy = write_bytes_atomic(out / PLAN_COPY, Path(plan_path).read_bytes())
-    validation = analyse(made.predictions, plan, made.cross_source, sources, queries)
-    write_failure_thumbnails(out, made.predictions, validation, plan, samples)
+    write_failure_thumbnails(out, predictions, validation, plan, samples, dict(links.itertuples(index=False)))
+    _write_csv(links, private_dir(out) / "linkage.csv")
     timing["validation_s"] = time.perf_counter() - tick
 
     zero_shot: dict[str, Any] = {}
@@ -299,6 +308,17 @@ def evaluate_plan(run: PreparedRun, model: MultimodalModel, summary: dict[str, A
     results["report_path"] = str(written["html"])
     results["report_pdf"] = str(written["pdf"])
     return results
+
+
+def private_dir(out: Path) -> Path:
+    """``<run>/private``: the files that name studies or patients (split list, quarantine, pseudonym linkage).
+
+    Everything else a run writes is free of identifiers and can be shared; this folder stays with the data
+    (created owner-only).
+    """
+    folder = Path(out) / PRIVATE
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder
 
 
 def _split_rule(spec) -> str:

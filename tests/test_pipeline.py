@@ -66,7 +66,7 @@ def test_the_validation_report_is_rebuilt_from_the_stored_artifacts_alone(tiny_r
 
 
 def test_the_external_split_holds_every_patient_of_the_unseen_device(tiny_run):
-    splits = pd.read_csv(tiny_run / "out/splits.csv")
+    splits = pd.read_csv(tiny_run / "out/private/splits.csv")
     manifest = pd.read_csv(tiny_run / "data/manifest.csv").merge(splits, on=["study_id", "patient_id"])
     corvid = set(manifest.loc[manifest["cxr_device"] == "Corvid DX-9", "patient_id"])
     assert corvid and set(manifest.loc[manifest["split"] == "external", "patient_id"]) == corvid
@@ -89,7 +89,10 @@ def test_predictions_hold_one_row_per_study_and_task_and_reproduce_the_aurocs(ti
 
     results = json.loads((tiny_run / "out/results.json").read_text())
     predictions = pd.read_parquet(tiny_run / "out/predictions.parquet")
-    splits = pd.read_csv(tiny_run / "out/splits.csv").set_index("study_id")["split"]
+    splits = pd.read_csv(tiny_run / "out/private/splits.csv").set_index("study_id")["split"]
+    links = pd.read_csv(tiny_run / "out/private/linkage.csv").set_index("study")["study_id"]
+    assert "study_id" not in predictions
+    predictions = predictions.assign(study_id=predictions["study"].map(links))
     assert set(predictions["split"]) == {"val", "test", "external"}
     assert (predictions["study_id"].map(splits) == predictions["split"]).all()
     assert not predictions.duplicated(["study_id", "task", "head"]).any()
@@ -116,7 +119,7 @@ def test_predictions_hold_one_row_per_study_and_task_and_reproduce_the_aurocs(ti
 
 
 def test_splits_keep_patients_apart_and_cover_the_cohort(tiny_run):
-    splits = pd.read_csv(tiny_run / "out/splits.csv")
+    splits = pd.read_csv(tiny_run / "out/private/splits.csv")
     manifest = pd.read_csv(tiny_run / "data/manifest.csv")
     assert len(splits) == len(manifest) and manifest["patient_id"].nunique() == 60
     assert (splits.groupby("patient_id")["split"].nunique() == 1).all()
@@ -147,3 +150,39 @@ def test_near_duplicate_images_across_splits_stop_the_run(tiny_run, capsys):
     err = capsys.readouterr().err
     assert "near-identical" in err or "near-duplicate" in err.lower()
     assert not (tiny_run / "out_dup/results.json").exists()
+
+
+def test_decisions_are_the_development_thresholds_applied(tiny_run):
+    results = json.loads((tiny_run / "out/results.json").read_text())
+    predictions = pd.read_parquet(tiny_run / "out/predictions.parquet")
+    checked = 0
+    for (head, task), rows in predictions.groupby(["head", "task"]):
+        chosen = results["validation"]["heads"][head]["test"][task].get("operating_points", {}).get("sens90")
+        threshold = chosen and chosen["chosen_on_development"]["threshold"]
+        if threshold is None:
+            assert rows["decision_sens90"].isna().all()
+            continue
+        scored = rows[rows["probability"].notna()]
+        assert ((scored["probability"] >= threshold).astype(float) == scored["decision_sens90"]).all()
+        checked += 1
+    assert checked > 0
+
+
+def test_no_identifier_reaches_any_output(tiny_run):
+    import pydicom
+
+    manifest = pd.read_csv(tiny_run / "data/manifest.csv")
+    identifiers = set(manifest["patient_id"])
+    for path in manifest["cxr_path"].dropna().head(20):
+        header = pydicom.dcmread(tiny_run / "data" / path, stop_before_pixels=True)
+        identifiers |= {str(header.get(k)) for k in ("PatientName", "PatientID", "AccessionNumber",
+                                                      "StudyInstanceUID", "PatientBirthDate") if header.get(k)}
+    texts = {p: p.read_text(errors="replace") for p in (tiny_run / "out").glob("*") if p.suffix in
+             (".json", ".html", ".yaml", ".csv")}  # private/ holds the linkage: it is not an output to share
+    assert (tiny_run / "out/private").stat().st_mode & 0o077 == 0
+    for p in (tiny_run / "out").glob("*.parquet"):
+        texts[p] = pd.read_parquet(p).astype(str).to_csv()
+    assert {"results.json", "report.html", "predictions.parquet", "case_search.parquet"} <= {p.name for p in texts}
+    for p, text in texts.items():
+        found = [i for i in identifiers if i in text]
+        assert not found, f"{p.name} holds {found[:3]}"

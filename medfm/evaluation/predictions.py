@@ -104,16 +104,44 @@ def plan_predictions(classifier: ZeroShotClassifier, plan: ZeroShotPlan, prompt_
     return PlanPredictions(predictions, cross_source, fits)
 
 
+def with_decisions(predictions: pd.DataFrame, validation: dict[str, Any], plan: ZeroShotPlan) -> pd.DataFrame:
+    """``predictions`` with a ``decision_<point>`` column per operating point: 1 when ``probability`` reaches
+    the threshold chosen for its head and task on the development split, 0 below, NaN without a threshold."""
+    out = predictions.copy()
+    for point in plan.operating_points:
+        thresholds = {}
+        for head, per_split in validation["heads"].items():
+            for task, analysis in per_split.get(plan.split, {}).items():
+                chosen = analysis.get("operating_points", {}).get(point.name, {}).get("chosen_on_development", {})
+                thresholds[(head, task)] = chosen.get("threshold")
+        threshold = np.array([thresholds.get(key) for key in zip(out["head"], out["task"], strict=True)], dtype=float)
+        decided = (out["probability"].to_numpy(dtype=float) >= threshold).astype(float)
+        out[f"decision_{point.name}"] = np.where(np.isnan(threshold) | out["probability"].isna(), np.nan, decided)
+    return out
+
+
+def study_key(salt: str, study_id: str) -> str:
+    """The pseudonym a prediction row names its study by (a study id can be an accession number)."""
+    return patient_key(salt, f"study\0{study_id}")
+
+
+def linkage(samples: dict[str, list[dict[str, Any]]], salt: str) -> pd.DataFrame:
+    """Study pseudonym → study id, for the data owner's private copy: the only way back from a report's cases."""
+    ids = sorted({s[Field.META]["study_id"] for split in samples.values() for s in split})
+    return pd.DataFrame({"study": [study_key(salt, i) for i in ids], "study_id": ids})
+
+
 def study_rows(samples: list[dict[str, Any]], index: list[int], modality: Modality, split: str,
                salt: str) -> pd.DataFrame:
     """Identifier-free description of the studies ``index`` of ``samples`` as read for ``modality``.
 
-    ``device`` is the acquisition device of that modality; ``modalities`` the image modalities the study
-    has (its availability pattern, e.g. ``cxr+ecg``).
+    ``study``, ``patient`` and ``case`` (the study as read for this modality) are keyed hashes. ``device``
+    is the acquisition device of that modality; ``modalities`` the image modalities the study has (its
+    availability pattern, e.g. ``cxr+ecg``).
     """
     meta = [samples[i][Field.META] for i in index]
     return pd.DataFrame({
-        "split": split, "study_id": [m["study_id"] for m in meta],
+        "split": split, "study": [study_key(salt, m["study_id"]) for m in meta],
         "patient": [patient_key(salt, m["patient_id"]) for m in meta],
         "case": [patient_key(salt, f"{m['study_id']}\0{modality}") for m in meta],
         "task": None, "finding": None, "modality": str(modality),

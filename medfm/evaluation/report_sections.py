@@ -104,10 +104,11 @@ def failure_cases(known: pd.DataFrame, validation: dict[str, Any], plan: ZeroSho
 
 
 def write_failure_thumbnails(out: Path, predictions: pd.DataFrame, validation: dict[str, Any], plan: ZeroShotPlan,
-                             samples: dict[str, list[dict[str, Any]]]) -> None:
+                             samples: dict[str, list[dict[str, Any]]], study_ids: dict[str, str]) -> None:
     """A PNG of the model's input for each failure case the report will show, named by the case pseudonym.
 
-    Written while the run still holds its samples: a rebuilt report finds them in ``failures/``.
+    Written while the run still holds its samples (``study_ids``: study pseudonym → study id); a rebuilt
+    report finds them in ``failures/``.
     """
     known = predictions[predictions["label"].notna() & predictions["probability"].notna()]
     wanted = {c["case"] for per_task in failure_cases(known, validation, plan).values()
@@ -115,8 +116,8 @@ def write_failure_thumbnails(out: Path, predictions: pd.DataFrame, validation: d
     rows = known[known["case"].isin(wanted)].drop_duplicates("case")
     by_study = {s[Field.META]["study_id"]: s for s in samples.get(plan.split, [])}
     (out / FAILURES).mkdir(exist_ok=True)
-    for case, study, modality in rows[["case", "study_id", "modality"]].itertuples(index=False):
-        sample = by_study.get(study)
+    for case, study, modality in rows[["case", "study", "modality"]].itertuples(index=False):
+        sample = by_study.get(study_ids.get(study))
         if sample is not None and modality in sample:
             image = thumbnail_image(sample[modality])
             write_atomic(out / FAILURES / f"{case}.png", lambda tmp, i=image: i.save(tmp, format="PNG"),
@@ -124,7 +125,7 @@ def write_failure_thumbnails(out: Path, predictions: pd.DataFrame, validation: d
 
 
 def _cases(rows: pd.DataFrame) -> list[dict[str, Any]]:
-    columns = ["case", "modality", "device", "site", "sex", "modalities", "label", "probability"]
+    columns = ["case", "study", "modality", "device", "site", "sex", "modalities", "label", "probability"]
     cases = []
     for record in rows.to_dict("records"):
         case = {c: record.get(c) for c in columns}

@@ -78,9 +78,9 @@ def compare_heads(known: pd.DataFrame, plan: ZeroShotPlan) -> dict[str, dict[str
     for split in plan.evaluated_splits:
         for task in plan.tasks:
             rows = _split(known[known["task"] == task.key], split)
-            base = rows[rows["head"] == BASELINE_HEAD].set_index("study_id")
+            base = rows[rows["head"] == BASELINE_HEAD].set_index("study")
             for head in plan.fitted_heads:
-                other = rows[rows["head"] == head].set_index("study_id")
+                other = rows[rows["head"] == head].set_index("study")
                 shared = other.index.intersection(base.index)
                 if not len(shared):
                     continue
@@ -237,7 +237,7 @@ def _ordinal_patients(table: pd.DataFrame | None) -> pd.DataFrame | None:
 def _known(predictions: pd.DataFrame | None) -> pd.DataFrame:
     """Rows with a known label and a score (an out-of-fold score is NaN where its fold lacked a class)."""
     if predictions is None or not len(predictions):
-        return pd.DataFrame(columns=["split", "task", "head", "label", "probability", "patient", "study_id"])
+        return pd.DataFrame(columns=["split", "task", "head", "label", "probability", "patient", "study"])
     return predictions[predictions["label"].notna() & predictions["probability"].notna()]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -43,6 +44,11 @@ DEVICES = {"cxr": ["Alpha DX", "Beta CR"], "oct": ["Gamma OCT", "Delta OCT"]}
 UNSEEN = {"cxr": "Zeta DX", "oct": "Delta OCT"}
 
 
+def _key(text: str) -> str:
+    """A stand-in for a keyed-hash pseudonym: 20 hex characters."""
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
 def _rows(rng: np.random.Generator, patients: int = 150) -> pd.DataFrame:
     rows = []
     for p in range(patients):
@@ -56,7 +62,7 @@ def _rows(rng: np.random.Generator, patients: int = 150) -> pd.DataFrame:
             shift = 0.5 if device == UNSEEN[modality] else 1.3  # the unseen device separates worse
             for head, noise in (("zero_shot", 1.0), ("linear_probe", 0.8)):
                 score = rng.normal(shift * label, noise)
-                rows.append({"split": split, "study_id": f"STUDY-{p:04d}", "patient": f"pk{p:04d}",
+                rows.append({"split": split, "study": _key(f"study {p}"), "patient": f"pk{p:04d}",
                              "case": f"c{p:04d}{modality}", "task": task, "finding": task.split("/")[0],
                              "modality": modality, "device": device, "site": site, "sex": sex, "age": age,
                              "study_date": "2024-01-01", "modalities": "cxr" if p % 5 == 0 else "cxr+oct",
@@ -87,7 +93,7 @@ def make_run(folder: Path, seed: int = 0) -> dict:
     plan = load_plan(folder / "plan.yaml")[0]
     predictions = _rows(rng)
     cross = _cross_source(predictions, rng)
-    queries = pd.DataFrame({"modality": "cxr", "study_id": [f"STUDY-{p:04d}" for p in range(1, 150, 4)],
+    queries = pd.DataFrame({"modality": "cxr", "study": [_key(f"study {p}") for p in range(1, 150, 4)],
                             "patient": [f"pk{p:04d}" for p in range(1, 150, 4)], "findings": "",
                             "precision@10": rng.uniform(0.4, 1, 38), "chance": 0.5,
                             "average_precision": rng.uniform(0.3, 1, 38),
@@ -103,7 +109,7 @@ def make_run(folder: Path, seed: int = 0) -> dict:
             (folder / "failures").mkdir(exist_ok=True)
             pixels = rng.integers(0, 255, (48, 48), dtype=np.uint8)
             Image.fromarray(pixels).save(folder / "failures" / f"{case['case']}.png")
-    splits = {s: {"patients": int(g["patient"].nunique()), "studies": int(g["study_id"].nunique())}
+    splits = {s: {"patients": int(g["patient"].nunique()), "studies": int(g["study"].nunique())}
               for s, g in predictions.groupby("split")}
     results = {
         "pipeline": "report-test", "medfm_version": "0.1.0", "created": "2026-12-06T12:00:00+00:00",

@@ -66,7 +66,8 @@ def test_every_head_scores_every_evaluated_and_development_study(made):
             assert len(rows[(rows["head"] == head) & (rows["split"] == split)]) == len(samples[split])
     assert not rows["split"].eq("train").any()
     assert not rows["patient"].str.contains("PID").any() and rows["case"].nunique() == len(rows) // 3
-    assert (rows.groupby("study_id")["patient"].nunique() == 1).all()
+    assert (rows.groupby("study")["patient"].nunique() == 1).all() and "study_id" not in rows
+    assert not rows["study"].str.contains("-").any()  # pseudonyms, not the ids (val-3-1)
     assert set(rows["modalities"]) == {"oct"} and set(rows["device"]) == {"A", "B", "C"}
 
 

@@ -39,7 +39,7 @@ def predictions(seed=0, patients=150):
         for eye in range(2):
             label = float(rng.random() < 0.35)
             score = rng.normal(1.2 * label, 1.0)
-            rows.append({"split": split, "study_id": f"S{p}-{eye}", "patient": f"k{p}", "task": "drusen/oct",
+            rows.append({"split": split, "study": f"S{p}-{eye}", "patient": f"k{p}", "task": "drusen/oct",
                          "device": "A" if eye == 0 else "B", "sex": sex, "age": age, "label": label,
                          "head": "zero_shot", "score": score, "probability": 1 / (1 + np.exp(-score))})
     return pd.DataFrame(rows)
