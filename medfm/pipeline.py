@@ -400,9 +400,14 @@ def _cohort_summary(cohort: Cohort, table: pd.DataFrame, quarantined: int) -> di
         "studies": len(table),
         "sites": sorted(map(str, table["site"].unique())) if "site" in table else [],
         "splits": {name: {"patients": int(g[cfg.patient_column].nunique()), "studies": len(g)}
-                   for name, g in table.groupby("split")},
+                   for name, g in sorted(table.groupby("split"), key=lambda item: _split_order(item[0]))},
         "quarantined": quarantined,
     }
+
+
+def _split_order(name: str) -> tuple[int, str]:
+    """train, val, test, then the others (external splits) by name: the order a reader follows the data."""
+    return ({"train": 0, "val": 1, "test": 2}.get(name, 3), name)
 
 
 def _shown(path: Path) -> str:

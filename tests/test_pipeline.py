@@ -186,3 +186,22 @@ def test_no_identifier_reaches_any_output(tiny_run):
     for p, text in texts.items():
         found = [i for i in identifiers if i in text]
         assert not found, f"{p.name} holds {found[:3]}"
+
+
+def test_validate_runs_a_plan_on_the_trained_model_with_the_same_numbers(tiny_run, capsys):
+    plan = (REPO / "evaluation/plans/demo.yaml").read_text()
+    (tiny_run / "plan.yaml").write_text(plan.replace("prompts: ../../configs", f"prompts: {REPO}/configs"))
+    out = tiny_run / "validate"
+    assert main(["validate", str(tiny_run / "plan.yaml"), "--pipeline", str(tiny_run / "pipeline.yaml"),
+                 "--out", str(out)]) == 0
+    assert "report:" in capsys.readouterr().out and (out / "report.pdf").is_file()
+    ran = json.loads((tiny_run / "out/results.json").read_text())["validation"]
+    validated = json.loads((out / "results.json").read_text())["validation"]
+    assert validated["heads"] == ran["heads"] and validated["cross_source"] == ran["cross_source"]
+
+    pinned = tiny_run / "pinned.yaml"
+    pinned.write_text((tiny_run / "plan.yaml").read_text() + f"checkpoint_sha256: {'ab' * 32}\n")
+    assert main(["validate", str(pinned), "--pipeline", str(tiny_run / "pipeline.yaml"), "--out", str(out)]) == 2
+    assert "is not the" in capsys.readouterr().err
+    assert main(["validate", str(tiny_run / "plan.yaml")]) == 2  # neither --pipeline nor the plan's pipeline key
+    assert "no pipeline" in capsys.readouterr().err

@@ -44,8 +44,7 @@ def flow_counts(cohort: Cohort, table: pd.DataFrame, quarantined: dict[str, int]
                        "quarantined_studies": int(quarantined.get(str(name), 0)),
                        "analysed": {str(m): sum(m in s for s in read) for m in IMAGE_MODALITIES
                                     if any(m in s for s in read)}})
-    order = {"train": 0, "val": 1, "test": 2}
-    splits.sort(key=lambda s: (order.get(s["name"], 3), s["name"]))
+    splits.sort(key=lambda s: ({"train": 0, "val": 1, "test": 2}.get(s["name"], 3), s["name"]))
     return {"manifest": manifest, "rules": rules,
             "included": {"patients": int(table[patient].nunique()), "studies": len(table)}, "splits": splits}
 
