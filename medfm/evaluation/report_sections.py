@@ -55,9 +55,28 @@ def report_context(results: dict[str, Any], plan: ZeroShotPlan, predictions: pd.
         if results.get("cohort_characteristics") else [],
         "checklists": [{"name": c.name, "citation": c.citation, "rows": checklist_rows(c)} for c in load_checklists()],
         "limitations": limitations(results, plan, head),
+        "methods": interval_methods(results["validation"]),
         "plan_status": plan_status(results),
         "split_roles": SPLIT_ROLES,
     }
+
+
+def interval_methods(validation: dict[str, Any]) -> dict[str, str]:
+    """The distinct methods behind each table's intervals, so every table can name them."""
+    found: dict[str, set[str]] = {"discrimination": set(), "operating_points": set(), "subgroups": set()}
+    for per_split in validation["heads"].values():
+        for per_task in per_split.values():
+            for analysis in per_task.values():
+                for key in ("auroc", "auprc", "brier"):
+                    if analysis.get(key):
+                        found["discrimination"].add(analysis[key]["method"])
+                for point in analysis.get("operating_points", {}).values():
+                    for key in ("sensitivity", "specificity", "ppv", "npv"):
+                        if point.get("test") and point["test"][key].get("method"):
+                            found["operating_points"].add(point["test"][key]["method"])
+                for groups in analysis.get("subgroups", {}).values():
+                    found["subgroups"].update(g["auroc"]["method"] for g in groups.values() if g.get("auroc"))
+    return {kind: "; ".join(sorted(methods)) or "none" for kind, methods in found.items()}
 
 
 def report_head(plan: ZeroShotPlan) -> str:
