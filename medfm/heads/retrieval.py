@@ -39,6 +39,10 @@ RECALL_K = 10
 # k-means points per IVF cell: FAISS warns below 39; beyond ~64 the cells barely move and
 # training a million vectors into 4,000 cells took 209 s with all of them (256 per cell).
 IVF_TRAINING_PER_LIST = 64
+# Up to this many queries, an unfiltered exact search is one BLAS product over the stored vectors instead of
+# FAISS's flat scan, which gives each query one thread: a single query then reads memory at every thread's
+# pace (measured at 1M x 128: 18 ms instead of 55 ms on 2 cores; docs/benchmarks.md).
+SCAN_QUERIES = 8
 
 
 class IndexFileError(MedfmReadError):
@@ -245,6 +249,8 @@ class CaseIndex:
 
     def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """FAISS search; ``allowed`` (bool per id) becomes a bitmap selector, kept referenced until FAISS returns."""
+        if self.kind == "exact" and allowed is None and len(queries) <= SCAN_QUERIES:
+            return self._scan(queries, k)
         bitmap = None if allowed is None else np.packbits(allowed, bitorder="little")
         selector = None if bitmap is None else faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
         if self.kind == "exact":
@@ -256,6 +262,21 @@ class CaseIndex:
         result = self.vectors.search(queries, k, params=params)
         del bitmap
         return result
+
+    def _scan(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of a few unfiltered queries: inner products as one BLAS product, then a partial sort."""
+        flat = faiss.downcast_index(self.vectors.index)
+        n = flat.ntotal
+        if n == 0:
+            return np.full((len(queries), k), -np.inf, dtype=np.float32), np.full((len(queries), k), -1, np.int64)
+        stored = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)  # FAISS's memory, no copy
+        scores = np.ascontiguousarray((stored @ np.ascontiguousarray(queries, dtype=np.float32).T).T)
+        k = min(k, n)
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        rows = np.take_along_axis(top, order, axis=1)
+        ids = faiss.rev_swig_ptr(self.vectors.id_map.data(), n)[rows]
+        return np.take_along_axis(scores, rows, axis=1), ids.astype(np.int64)
 
     def _measured_recall(self, vectors: np.ndarray) -> float:
         """Recall@10 of this index against exact inner product, on stored vectors as queries."""

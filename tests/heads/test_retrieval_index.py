@@ -95,3 +95,20 @@ def test_an_interrupted_save_leaves_the_previous_version_current(tmp_path):
     assert len(CaseIndex.load(tmp_path / "idx")) == 50
     with pytest.raises(IndexFileError, match="not a complete medfm index"):
         CaseIndex.load(tmp_path / "nothing-here")
+
+
+def test_unfiltered_exact_search_scans_with_blas_and_agrees_with_faiss_after_remove_and_add():
+    import faiss
+
+    vectors, meta = clustered(500, seed=3), cases(500)
+    index = CaseIndex.build(vectors, meta, IndexConfig(kind="exact"))
+    index.remove([f"S{i}" for i in range(0, 500, 7)])
+    index.add(clustered(40, seed=4), [Case(**{**c.__dict__, "study_id": f"N{i}"}) for i, c in enumerate(cases(40))])
+    queries = clustered(6, seed=5)
+    scores, ids = index._scan(queries, 10)  # the path index.search takes without filters
+    faiss_scores, faiss_ids = index.vectors.search(queries, 10, params=faiss.SearchParameters())
+    np.testing.assert_array_equal(ids, faiss_ids)
+    np.testing.assert_allclose(scores, faiss_scores, atol=1e-5)
+    assert [h.id for h in index.search(queries[0], k=10)] == faiss_ids[0].tolist()
+    everything = index._scan(queries[:1], 10_000)[1][0]
+    assert len(everything) == len(index) and len(set(everything.tolist())) == len(index)
