@@ -2,7 +2,8 @@
 
 A crash or an exception mid-write leaves the previous file as it was, never a
 half-written one; the temporary file is removed on failure. Also the digest that
-checkpoints and indexes record for the files they write (:func:`sha256_file`).
+checkpoints and indexes record for the files they write (:func:`sha256_file`), and a set of files
+replaced together (:func:`commit_together`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -85,3 +87,50 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+STAGING = ".staging"
+COMMITTED = "COMMITTED"
+
+
+def commit_together(directory: Path, write: Callable[[Path], None]) -> None:
+    """Replace several files of ``directory`` together: ``write(staging)`` writes the complete new set, which then
+    moves in. A kill at any moment leaves the previous set or the new one (after :func:`recover_together`),
+    never a mix: a checkpoint's weights, the config recording their hashes and the training state must agree.
+
+    The files are durable (``write_atomic`` fsyncs) before the ``COMMITTED`` mark; after the mark, each
+    top-level entry is moved into place by a rename, which :func:`recover_together` redoes after a kill.
+    """
+    directory = Path(directory)
+    staging = directory / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    write(staging)
+    names = sorted(p.name for p in staging.iterdir())
+    write_text_atomic(staging / COMMITTED, "\n".join(names) + "\n")
+    _roll_forward(directory)
+
+
+def recover_together(directory: Path) -> bool:
+    """Finish a committed set left by a kill, or drop an uncommitted one; True if anything was done."""
+    staging = Path(directory) / STAGING
+    if not staging.is_dir():
+        return False
+    if (staging / COMMITTED).is_file():
+        _roll_forward(Path(directory))
+    else:
+        shutil.rmtree(staging)
+    return True
+
+
+def _roll_forward(directory: Path) -> None:
+    """Move every committed entry into place; each step can be redone after a kill at any point."""
+    staging = directory / STAGING
+    for name in (staging / COMMITTED).read_text().split():
+        source, target = staging / name, directory / name
+        if not source.exists():
+            continue  # moved before the kill
+        if source.is_dir() and target.exists():
+            shutil.rmtree(target)  # a kill mid-way leaves the source to move on the next try
+        os.replace(source, target)
+    shutil.rmtree(staging)

@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--modalities", nargs="+", choices=imaging, metavar="M",
                        help=f"only these (default: all of {' '.join(imaging)})")
     synth.set_defaults(func=_synth)
+    check = cohort.add_parser("check", help="load a cohort and its manifest and say what is wrong, one line each")
+    check.add_argument("cohort", type=Path, help="cohort YAML")
+    check.add_argument("--files", action="store_true", help="also check that every file the manifest names exists")
+    check.set_defaults(func=_cohort_check)
     describe = cohort.add_parser("describe", help="cohort characteristics overall, per split, site and device")
     describe.add_argument("cohort", type=Path, help="cohort YAML")
     describe.add_argument("--out", type=Path, help="folder for cohort_description.{json,md} "
@@ -93,9 +97,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", type=Path, help="checkpoint (default: the one the index was built with)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--token-file", type=Path, help="file holding the access token "
-                       "(default: the MEDFM_TOKEN environment variable)")
+    access = serve.add_mutually_exclusive_group()
+    access.add_argument("--tokens", type=Path, help="tokens file (YAML): each token's name, the SHA-256 of its secret "
+                        "and the cohorts it may see (docs/service.md)")
+    access.add_argument("--token-file", type=Path, help="file holding one access token that sees every cohort "
+                        "(default: the MEDFM_TOKEN environment variable)")
+    serve.add_argument("--audit-log", type=Path, help="append every search and case view to this hash-chained log "
+                       "(check it with `medfm audit verify`)")
     serve.set_defaults(func=_serve)
+
+    audit = verbs.add_parser("audit", help="the service's audit log").add_subparsers(metavar="ACTION")
+    verify = audit.add_parser("verify", help="walk an audit log's hash chain: intact, or the first line that fails")
+    verify.add_argument("log", type=Path, help="the file given to `medfm serve --audit-log`")
+    verify.set_defaults(func=_audit_verify)
 
     validate = verbs.add_parser("validate", help="run a validation plan on a pipeline's trained model (no training): "
                                 "predictions, statistics, report.html and report.pdf")
@@ -104,6 +118,15 @@ def _parser() -> argparse.ArgumentParser:
                           "(default: the plan's pipeline key)")
     validate.add_argument("--out", type=Path, help="run folder (default <pipeline output>/validation-<plan name>)")
     validate.set_defaults(func=_validate)
+
+    checkpoint = verbs.add_parser("checkpoint", help="checkpoints").add_subparsers(metavar="ACTION")
+    convert = checkpoint.add_parser("convert", help="rewrite a checkpoint whose weights are a pickle file "
+                                    "(.bin, .pt, .pth, .ckpt) as safetensors with recorded hashes")
+    convert.add_argument("source", type=Path, help="the checkpoint folder (config.json beside its weights)")
+    convert.add_argument("dest", type=Path, help="the new folder")
+    convert.add_argument("--trust-pickle", action="store_true",
+                         help="required: you trust the source file (it is read with torch.load(weights_only=True))")
+    convert.set_defaults(func=_checkpoint_convert)
 
     report = verbs.add_parser("report", help="validation reports").add_subparsers(metavar="ACTION")
     rebuild = report.add_parser("rebuild", help="recompute a run's analyses from its stored predictions, check them "
@@ -122,6 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     dicomweb.add_argument("--limit", type=int, help="at most this many studies")
     dicomweb.add_argument("--index", type=Path, help="also add the new studies to this index")
     dicomweb.add_argument("--model", type=Path, help="checkpoint that embeds them (default: the index's)")
+    dicomweb.add_argument("--allow-burned-in", action="store_true",
+                          help="also store series marked BurnedInAnnotation=YES (text in the pixels: not removed)")
     dicomweb.set_defaults(func=_ingest_dicomweb)
     return parser
 
@@ -212,6 +237,30 @@ def _inspect(args: argparse.Namespace) -> int:
 
     info = inspect_path(args.path)
     print(json.dumps(info, indent=2, default=str) if args.json else format_inspection(info))
+    return 0
+
+
+def _cohort_check(args: argparse.Namespace) -> int:
+    from medfm.cohort import load_cohort
+
+    cohort = load_cohort(args.cohort, check_files=args.files)
+    checked = "every file exists, " if args.files else ""
+    patients = cohort.table[cohort.config.patient_column].nunique()
+    Console().print(f"{args.cohort}: {len(cohort.table)} studies of {patients} patients, {cohort.excluded} excluded "
+                    f"by inclusion rules; {checked}no problem found", highlight=False, soft_wrap=True)
+    return 0
+
+
+def _checkpoint_convert(args: argparse.Namespace) -> int:
+    from medfm.models import MultimodalModel
+
+    if not args.trust_pickle:
+        raise MedfmError(f"{args.source}: converting reads its pickle weights, which can run code; pass "
+                         "--trust-pickle if you trust where they came from")
+    if args.dest.exists() and any(args.dest.iterdir()):
+        raise MedfmError(f"{args.dest}: not empty; give a new folder")
+    MultimodalModel.from_pretrained(args.source, trust_pickle=args.trust_pickle).save_pretrained(args.dest)
+    Console().print(f"{args.dest}: safetensors with recorded hashes; load it without --trust-pickle", highlight=False)
     return 0
 
 
@@ -313,9 +362,28 @@ def _serve(args: argparse.Namespace) -> int:
     import os
 
     from medfm.service import serve
+    from medfm.service.tokens import load_tokens
 
+    tokens = None
+    if args.tokens is not None:
+        if os.environ.get("MEDFM_TOKEN"):
+            raise MedfmError("MEDFM_TOKEN is set and --tokens given: unset MEDFM_TOKEN, or leave out --tokens")
+        tokens = load_tokens(args.tokens)
     token = args.token_file.read_text().strip() if args.token_file else os.environ.get("MEDFM_TOKEN")
-    serve(args.index, model_dir=args.model, host=args.host, port=args.port, token=token or None)
+    serve(args.index, model_dir=args.model, host=args.host, port=args.port, token=token or None, tokens=tokens,
+          audit_log=args.audit_log)
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from medfm.service.audit import verify
+
+    if not args.log.is_file():
+        raise MedfmError(f"{args.log}: no such audit log")
+    result = verify(args.log)
+    print(f"{result.records} records, chain intact")
+    print(f"last record sha256: {result.last}" + ("" if result.head_checked else
+          " (no head file beside the log: lines removed from its end would go unnoticed)"))
     return 0
 
 
@@ -364,7 +432,7 @@ def _ingest_dicomweb(args: argparse.Namespace) -> int:
             raise MedfmError(f"--filter {item!r}: expected KEY=VALUE, e.g. ModalitiesInStudy=CR")
         filters[key] = value
     summary = ingest_dicomweb(args.url, args.cohort, filters=filters, limit=args.limit, index_dir=args.index,
-                              model_dir=args.model)
+                              model_dir=args.model, allow_burned_in=args.allow_burned_in)
     Console().print(summary["message"], soft_wrap=True)
     return 0
 

@@ -2,8 +2,9 @@
 
 Every config file in medfm (cohort, model, training, prompt set, plan,
 pipeline) is a subclass of :class:`Config` loaded by :func:`load_config`.
-A wrong key, a wrong type or a missing file becomes a :class:`ConfigError`
-whose message is ``<file>: <key>: <what was expected>``, never a traceback.
+A wrong key, a wrong type, a missing required key, a key written twice or a
+missing file becomes a :class:`ConfigError` whose message is one line,
+``<file>: <key>: <what was expected>``, never a traceback.
 """
 
 from __future__ import annotations
@@ -27,17 +28,54 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _RepeatedKey(yaml.constructor.ConstructorError):
+    """A key written twice in one YAML mapping."""
+
+    def __init__(self, key: Any, first: int, again: yaml.Mark):
+        super().__init__(None, None, f"key {key!r} appears twice in one mapping (first on line {first})", again)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping.
+
+    PyYAML keeps the last value silently, so a second ``lr:`` further down a file would
+    override the first without a word.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden by later keys
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool):  # unhashable keys: the base class reports them
+                continue
+            if key in first_line:
+                raise _RepeatedKey(key, first_line[key], key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, or raise ConfigError naming the file."""
+    """Read a YAML mapping, or raise ConfigError naming the file.
+
+    Raises:
+        ConfigError: the file is missing, not UTF-8, not valid YAML, repeats a key within
+            one mapping, or is not a mapping.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(path, None, "file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
+    except UnicodeDecodeError as err:
+        raise ConfigError(path, None, f"not UTF-8 text (byte {err.start})") from None
+    except _RepeatedKey as err:
+        raise ConfigError(path, f"line {err.problem_mark.line + 1}", err.problem) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else None
-        raise ConfigError(path, where, f"not valid YAML ({getattr(err, 'problem', err)})") from None
+        raise ConfigError(path, where, f"not valid YAML ({_one_line(getattr(err, 'problem', None) or err)})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -87,7 +125,12 @@ def _to_config_error(err: ValidationError, cls: type[Config], path: str | Path |
         reason = f"{first['msg'][0].lower()}{first['msg'][1:]}"
         if not isinstance(got, dict | list):  # a whole block's value would be noise
             reason += f" (got {got!r})"
-    return ConfigError(path, key, reason)
+    return ConfigError(path, key, _one_line(reason))
+
+
+def _one_line(text: object) -> str:
+    """A message on one line: a validator's multi-line text joined with '; '."""
+    return "; ".join(line.strip() for line in str(text).strip().splitlines() if line.strip())
 
 
 def _allowed_keys(cls: type[Config], loc: tuple) -> list[str]:

@@ -33,3 +33,78 @@ def test_a_writer_that_creates_a_private_file_still_gives_the_usual_mode(tmp_pat
     if _UMASK is None:
         pytest.skip("no /proc/self/status umask on this platform")
     assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~_UMASK
+
+
+# -- several files replaced together -------------------------------------------------------------------
+
+COMMIT_SCRIPT = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from medfm.atomic import commit_together, write_text_atomic
+
+def write(staging):
+    for name in ("weights", "config", "state"):
+        write_text_atomic(staging / name, {version!r})
+        time.sleep(0.01)
+    (staging / "adapters").mkdir()
+    write_text_atomic(staging / "adapters" / "a", {version!r})
+
+while True:
+    commit_together(Path({folder!r}), write)
+"""
+
+
+def _versions(folder):
+    files = [folder / n for n in ("weights", "config", "state")] + [folder / "adapters" / "a"]
+    return {f.read_text() if f.is_file() else None for f in files}
+
+
+def test_files_committed_together_are_old_or_new_after_any_kill(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from medfm.atomic import commit_together, recover_together, write_text_atomic
+
+    from .conftest import REPO
+
+    def write(version):
+        def to(staging):
+            for name in ("weights", "config", "state"):
+                write_text_atomic(staging / name, version)
+            (staging / "adapters").mkdir()
+            write_text_atomic(staging / "adapters" / "a", version)
+        return to
+
+    commit_together(tmp_path, write("old"))
+    assert _versions(tmp_path) == {"old"} and not (tmp_path / ".staging").exists()
+    rng = __import__("random").Random(0)
+    for kill in range(25):
+        version = f"v{kill}"
+        process = subprocess.Popen([sys.executable, "-c", COMMIT_SCRIPT.format(
+            repo=str(REPO), version=version, folder=str(tmp_path))])
+        time.sleep(rng.uniform(0.02, 0.15))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        before = _versions(tmp_path)
+        recover_together(tmp_path)
+        after = _versions(tmp_path)
+        assert len(after) == 1 and not (tmp_path / ".staging").exists(), (kill, before, after)  # one set, whole
+
+
+def test_an_uncommitted_staging_is_dropped_and_a_committed_one_finished(tmp_path):
+    from medfm.atomic import COMMITTED, STAGING, recover_together, write_text_atomic
+
+    write_text_atomic(tmp_path / "weights", "old")
+    (tmp_path / STAGING).mkdir()
+    write_text_atomic(tmp_path / STAGING / "weights", "new")
+    assert recover_together(tmp_path) and (tmp_path / "weights").read_text() == "old"
+    (tmp_path / STAGING).mkdir()
+    write_text_atomic(tmp_path / STAGING / "config", "new")
+    write_text_atomic(tmp_path / STAGING / COMMITTED, "config\nweights\n")  # weights moved before the kill
+    (tmp_path / "weights").write_text("new")
+    assert recover_together(tmp_path)
+    assert (tmp_path / "config").read_text() == "new" and not (tmp_path / STAGING).exists()
+    assert not recover_together(tmp_path)

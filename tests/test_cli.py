@@ -102,3 +102,18 @@ def test_search_a_file_of_unknown_modality_is_one_line_and_exit_2(indexed_cohort
     assert main(["search", "--index", str(indexed_cohort.index), str(tmp_path / "note.txt")]) == 2
     err = capsys.readouterr().err
     assert "note.txt" in err and "Traceback" not in err
+
+
+def test_cohort_check_says_what_is_wrong_in_one_line(tmp_path, capsys):
+    rows = [{"patient_id": f"P{i}", "study_id": f"S{i}", "img": f"x{i}.png", "finding": i % 2} for i in range(4)]
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    (tmp_path / "c.yaml").write_text("name: small\nmanifest: manifest.csv\nmodalities: {cxr: img}\nlabels: [finding]\n")
+    assert main(["cohort", "check", str(tmp_path / "c.yaml")]) == 0
+    assert "4 studies of 4 patients" in capsys.readouterr().out
+    assert main(["cohort", "check", str(tmp_path / "c.yaml"), "--files"]) == 2  # x0.png ... do not exist
+    error = capsys.readouterr().err.strip()
+    assert "x0.png" in error and "Traceback" not in error
+    rows[3]["study_id"] = "S0"
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    assert main(["cohort", "check", str(tmp_path / "c.yaml")]) == 2
+    assert "S0" in capsys.readouterr().err

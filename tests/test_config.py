@@ -100,3 +100,68 @@ def test_cli_error_in_a_real_process_has_no_traceback(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "file not found" in result.stderr
+
+
+COHORT_HEAD = "name: x\nmanifest: m.csv\nmodalities: {cxr: p}\n"
+
+
+@pytest.mark.parametrize(("text", "schema", "key_and_reason"), [
+    ("epochs: many\n", TrainConfig,
+     "epochs: input should be a valid integer, unable to parse string as an integer (got 'many')"),
+    ("batch_size: 8.5\n", TrainConfig,
+     "batch_size: input should be a valid integer, got a number with a fractional part (got 8.5)"),
+    (COHORT_HEAD + "labels: finding\n", CohortConfig, "labels: input should be a valid list (got 'finding')"),
+    (COHORT_HEAD + "labels: [a]\nsplit: {seed: zero}\n", CohortConfig,
+     "split.seed: input should be a valid integer, unable to parse string as an integer (got 'zero')"),
+    (COHORT_HEAD, CohortConfig, "labels: required key is missing"),
+    ("manifest: m.csv\nmodalities: {cxr: p}\nlabels: []\n", CohortConfig, "name: required key is missing"),
+    ("epochs: 3\nbatch_sise: 8\n", TrainConfig, "batch_sise: unknown key; expected one of: "),
+    ("epochs: 3\nlr: 0.1\nepochs: 4\n", TrainConfig, "line 3: key 'epochs' appears twice in one mapping "
+                                                        "(first on line 1)"),
+    ("loss:\n  name: infonce\n  name: siglip\n", TrainConfig, "line 3: key 'name' appears twice in one mapping "
+                                                              "(first on line 2)"),
+    ("- epochs\n", TrainConfig, "expected a mapping of keys, got list"),
+    ("epochs: !!python/object/apply:os.system ['echo ran']\n", TrainConfig,
+     "line 1: not valid YAML (could not determine a constructor for the tag "
+     "'tag:yaml.org,2002:python/object/apply:os.system')"),
+])
+def test_each_config_problem_is_one_line_naming_file_and_key(tmp_path, text, schema, key_and_reason):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, schema)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {key_and_reason}")
+    assert "\n" not in message and "Traceback" not in message
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"epochs: \xff\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, TrainConfig)
+    assert str(err.value) == f"{path}: not UTF-8 text (byte 8)"
+
+
+def test_yaml_merge_keys_may_be_overridden_without_a_repeated_key_error(tmp_path):
+    from medfm.config import read_yaml
+
+    path = write(tmp_path, "base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  x: 3\n")
+    assert read_yaml(path)["other"] == {"x": 3, "y": 2}
+
+
+def test_a_validator_message_on_several_lines_becomes_one(tmp_path):
+    from pydantic import field_validator
+
+    from medfm.config import Config, validate_config
+
+    class Twoline(Config):
+        value: int
+
+        @field_validator("value")
+        @classmethod
+        def _refuse(cls, value):
+            raise ValueError("first line\nsecond line")
+
+    with pytest.raises(ConfigError) as err:
+        validate_config({"value": 1}, Twoline, tmp_path / "c.yaml")
+    assert str(err.value) == f"{tmp_path / 'c.yaml'}: value: value error, first line; second line (got 1)"

@@ -17,10 +17,14 @@
    (model calls are serialised), so under 200 concurrent requests its p50 is mostly
    queueing; the throughput ratio says what HTTP, uploads and the threadpool cost.
 
+5. then ``load_service.run()``: 50 clients for 2 minutes against a server with a tokens
+   file and an audit log (its own docstring says what it measures), so ``make bench``
+   runs the sustained load test too.
+
 Both sides embed with ``medfm.service.app.torch_threads()`` threads (``OMP_NUM_THREADS`` if
 set, else the usable cores up to 8).
 
-Usage: ``python evaluation/bench/bench_service.py`` (prints JSON; about 1-2 minutes on 2 cores).
+Usage: ``python evaluation/bench/bench_service.py`` (prints JSON; about 4-5 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -88,11 +92,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start_service(index: Path, port: int, token_file: Path, log: Path) -> subprocess.Popen:
+def _start_service(index: Path, port: int, log: Path, *access: str) -> subprocess.Popen:
+    """``medfm serve`` on loopback in its own process, once it answers; ``access``: its token (and audit) arguments."""
     with log.open("w") as out:  # the child keeps its own handle
         process = subprocess.Popen([sys.executable, "-m", "medfm.cli", "serve", "--index", str(index), "--port",
-                                    str(port), "--token-file", str(token_file)], cwd=ROOT,
-                                   stdout=out, stderr=subprocess.STDOUT)
+                                    str(port), *access], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -169,30 +173,37 @@ def _percentiles(seconds: np.ndarray) -> dict:
             "max_ms": float(seconds.max() * 1e3)}
 
 
-def run() -> dict:
-    """Start the service, load it, measure the in-process baseline; returns the figures."""
+def prepared(tmp: Path) -> tuple[Path, str, dict[str, tuple[str, bytes]]]:
+    """The index to serve, what it is, and one query file per kind (built under ``tmp`` if there is no demo index)."""
+    sys.path.insert(0, str(ROOT))
+    if DEMO_INDEX.is_dir():
+        from medfm.cohort.synth import synthesize_cohort
+
+        index, source = DEMO_INDEX, "demo index (runs/demo/index)"
+        manifest = synthesize_cohort(tmp / "queries", n_patients=12, seed=0, progress=False)
+    else:
+        from tests.conftest import make_indexed_cohort
+
+        cohort = make_indexed_cohort(tmp / "cohort")
+        index, source, manifest = cohort.index, "12-patient synthetic cohort, untrained tiny model", cohort.manifest
+    return index, source, _query_files(manifest)
+
+
+def run(sustained: bool = True) -> dict:
+    """Start the service, load it, measure the in-process baseline; then (``sustained``) ``load_service``'s run."""
+    import load_service
+
     from medfm.service.app import torch_threads
 
     threads = torch_threads()  # as ``serve`` sets them: the baseline embeds with the same threads
     with tempfile.TemporaryDirectory(prefix="medfm-bench-service-") as tmp:
         tmp = Path(tmp)
-        sys.path.insert(0, str(ROOT))
-        if DEMO_INDEX.is_dir():
-            from medfm.cohort.synth import synthesize_cohort
-
-            index, source = DEMO_INDEX, "demo index (runs/demo/index)"
-            manifest = synthesize_cohort(tmp / "queries", n_patients=12, seed=0, progress=False)
-        else:
-            from tests.conftest import make_indexed_cohort
-
-            cohort = make_indexed_cohort(tmp / "cohort")
-            index, source, manifest = cohort.index, "12-patient synthetic cohort, untrained tiny model", cohort.manifest
-        files = _query_files(manifest)
+        index, source, files = prepared(tmp)
         token = secrets.token_urlsafe(24)
         token_file = tmp / "token"
         token_file.write_text(token)
         port = _free_port()
-        service = _start_service(index, port, token_file, tmp / "serve.log")
+        service = _start_service(index, port, tmp / "serve.log", "--token-file", str(token_file))
         try:
             loaded = asyncio.run(_load(f"http://127.0.0.1:{port}", token, files))
         finally:
@@ -203,16 +214,19 @@ def run() -> dict:
         from medfm.heads.retrieval import CaseIndex
 
         cases = len(CaseIndex.load(index))
+        load = load_service.run(index=index, source=source, files=files) if sustained else None
     return {"name": "similar-case search service", "index": source, "cases": cases, "k": K,
             "mix": {kind: sum(1 for k, _ in _requests() if k == kind) for kind in KINDS},
             "torch_threads": threads, "service": loaded, "direct": direct,
             "p50_ratio": loaded["p50_ms"] / direct["p50_ms"],
             "one_at_a_time_p50_ratio": loaded["one_at_a_time"]["p50_ms"] / direct["first_p50_ms"],
-            "throughput_ratio": loaded["throughput_per_s"] / direct["throughput_per_s"]}
+            "throughput_ratio": loaded["throughput_per_s"] / direct["throughput_per_s"], "sustained": load}
 
 
 def rows(result: dict) -> list[str]:
     """Markdown rows: ``| benchmark | baseline (same run) | measured | baseline | ratio |``."""
+    import load_service
+
     service, direct = result["service"], result["direct"]
     alone = service["one_at_a_time"]
     mix = ", ".join(f"{n} {kind}" for kind, n in result["mix"].items())
@@ -228,13 +242,14 @@ def rows(result: dict) -> list[str]:
         f"| `medfm serve`, the first {alone['requests']} of those searches one at a time: latency p50 "
         f"(p99 {alone['p99_ms']:.0f} ms) | the same {alone['requests']} in-process: p50 | {alone['p50_ms']:.1f} ms "
         f"| {direct['first_p50_ms']:.1f} ms | {result['one_at_a_time_p50_ratio']:.2f}x |",
-    ]
+    ] + (load_service.rows(result["sustained"]) if result.get("sustained") else [])
 
 
 def main() -> int:
     result = run()
     print(json.dumps(result, indent=2))
-    return 0 if result["service"]["errors"] == 0 else 1
+    errors = result["service"]["errors"] + (result["sustained"]["errors"] if result["sustained"] else 0)
+    return 0 if errors == 0 else 1
 
 
 if __name__ == "__main__":

@@ -1,11 +1,19 @@
 """Pull studies from a DICOMweb server into a cohort: QIDO-RS search, WADO-RS retrieve, manifest rows, index.
 
 One study becomes one manifest row. Its series whose DICOM Modality maps to an image
-modality of the cohort (:data:`DICOM_MODALITIES`) are retrieved whole and written under
-``<manifest folder>/dicomweb/<modality>/<study key>/``: one file for CXR, OCT and fundus,
+modality of the cohort (:data:`DICOM_MODALITIES`) are retrieved whole, de-identified and written
+under ``<manifest folder>/dicomweb/<modality>/<study key>/``: one file for CXR, OCT and fundus,
 a folder of slices for CT. Every path component is made here (the modality key, a hash of
-the StudyInstanceUID, a hash of each SOPInstanceUID), never from header text, so no server
-answer can place a file outside that folder.
+the de-identified StudyInstanceUID, a hash of each de-identified SOPInstanceUID), never from
+header text, so no server answer can place a file outside that folder.
+
+Every instance is de-identified before it is written (:func:`medfm.io.deid.deidentify`: the
+PS3.15 Annex E Basic Profile with the Retain Longitudinal Temporal Information with Modified
+Dates and Retain Patient Characteristics options, :data:`INGEST_OPTIONS`). UIDs, pseudonyms and
+date shifts are keyed by the cohort's de-identification key, ``<manifest folder>/private/deid.key``
+(created owner-only on the first ingest), so a series keeps one SeriesInstanceUID, a patient one
+pseudonym, and a re-run the same study keys. Instances flagged BurnedInAnnotation YES are refused
+(their series is not stored and is counted) unless ``allow_burned_in``.
 
 A study's files are written into a hidden staging folder and renamed into place when
 complete; the manifest is rewritten atomically after each batch of studies, so a crash
@@ -13,8 +21,10 @@ leaves the previous manifest valid and at worst some unlisted files that the nex
 replaces. A study whose key is already in the manifest is skipped before anything of it
 is retrieved: re-running pulls only what is new.
 
-Files are stored as received (no de-identification yet). The patient column holds the
-DICOM PatientID, the cohort's patient key; no message or summary ever shows it or a name.
+No original identifier reaches the disk: the patient column holds the PatientID's pseudonym,
+the study column a hash of the remapped StudyInstanceUID, ``study_date`` the shifted date and
+``site`` (unless given) a pseudonym of the InstitutionName. No message or summary shows a name
+or an identifier, original or pseudonymous.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ import os
 import re
 import shutil
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +54,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from medfm.atomic import write_text_atomic
 from medfm.cohort.manifest import CohortConfig, load_cohort, manifest_location, read_manifest
 from medfm.errors import ConfigError, MedfmError
+from medfm.io.deid import KEY_FILE, BurnedInAnnotationError, DeidKey, DeidOption, deidentify, load_or_create_key
 from medfm.keys import Modality
 
 # DICOM Modality (0008,0060) of a series → the cohort image modality it fills; other series are skipped.
@@ -53,11 +64,15 @@ DICOM_MODALITIES: dict[str, Modality] = {
 # Modalities whose series is a folder of instances (slices); the others are one file.
 SERIES_FOLDERS: frozenset[Modality] = frozenset({Modality.CT})
 STORAGE = "dicomweb"  # folder beside the manifest
+PRIVATE = "private"  # folder beside the manifest, owner-only: the de-identification key
+# Basic Profile options on ingest: a cohort needs each patient's study order and intervals (shifted
+# dates) and the age and sex its inclusion rules and subgroups use.
+INGEST_OPTIONS = frozenset({DeidOption.RETAIN_MODIFIED_DATES, DeidOption.RETAIN_PATIENT_CHARACTERISTICS})
 PAGE_SIZE = 100  # studies per QIDO-RS request
 BATCH = 16  # studies between manifest writes
 TIMEOUT = (10.0, 300.0)  # seconds: connect, read (a CT series can be large)
 RETRIES, RETRY_WAIT_MS = 3, 250  # attempts per request; waits 0.5 s, then 1 s (busy server, 503)
-# Ask for each instance in the transfer syntax the server holds it in: stored as received.
+# Ask for each instance in the transfer syntax the server holds it in: pixel data stored as received.
 AS_STORED = (("application/dicom", "*"),)
 
 _STUDY_UID, _SERIES_UID, _MODALITY = "0020000D", "0020000E", "00080060"
@@ -72,13 +87,25 @@ class DicomWebError(MedfmError):
 
 
 def study_key(study_instance_uid: str) -> str:
-    """The cohort's study id for a DICOM study: stable, and not the UID itself (``dw-`` + 16 hex)."""
+    """The cohort's study id for a (de-identified) StudyInstanceUID: stable, not the UID itself (``dw-`` + 16 hex)."""
     return "dw-" + hashlib.sha256(study_instance_uid.encode()).hexdigest()[:16]
 
 
 def instance_file_name(sop_instance_uid: str) -> str:
-    """File name of one stored instance: a hash of its SOPInstanceUID (unique, never header text)."""
+    """File name of one stored instance: a hash of its de-identified SOPInstanceUID (unique, never header text)."""
     return hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:24] + ".dcm"
+
+
+def deid_key_location(manifest_path: str | Path) -> Path:
+    """Where a cohort's de-identification key lives: ``<manifest folder>/private/deid.key``."""
+    return Path(manifest_path).parent / PRIVATE / KEY_FILE
+
+
+@dataclass(frozen=True)
+class _Deid:
+    key: DeidKey
+    options: frozenset[DeidOption]
+    allow_burned_in: bool
 
 
 @dataclass
@@ -113,13 +140,17 @@ class _Counts:
     files: int = 0
     skipped_series: Counter = field(default_factory=Counter)
     skipped_instances: int = 0
+    refused_burned_in: int = 0
 
 
 def ingest_dicomweb(url: str, cohort_path: str | Path, *, filters: dict[str, str] | None = None,
                     limit: int | None = None, index_dir: str | Path | None = None,
                     model_dir: str | Path | None = None, site: str | None = None,
-                    client: DICOMwebClient | None = None, console: Console | None = None) -> dict[str, Any]:
-    """Pull the studies a QIDO-RS search finds into a cohort's storage and manifest, and optionally its index.
+                    client: DICOMwebClient | None = None, console: Console | None = None,
+                    deid_options: Iterable[DeidOption] = INGEST_OPTIONS,
+                    allow_burned_in: bool = False) -> dict[str, Any]:
+    """Pull the studies a QIDO-RS search finds into a cohort's storage and manifest, de-identified, and
+    optionally into its index.
 
     Args:
         url: DICOMweb root, e.g. ``http://pacs:8042/dicom-web``.
@@ -128,19 +159,25 @@ def ingest_dicomweb(url: str, cohort_path: str | Path, *, filters: dict[str, str
         limit: at most this many new studies (studies already in the manifest do not count).
         index_dir: also embed the new studies into this index (created if missing, with ``model_dir``).
         model_dir: checkpoint that embeds them; default the one the index was built with.
-        site: value of the ``site`` column for new rows; default each study's InstitutionName.
+        site: value of the ``site`` column for new rows; default a keyed pseudonym of each study's
+            InstitutionName (``site-`` + 8 hex), the same for every study of one institution.
         client: a configured client (authentication, proxies); default one for ``url``.
         console: where progress is shown.
+        deid_options: PS3.15 E.3 options on top of the Basic Profile; ``()`` for the Basic Profile alone
+            (then ``study_date``, ``age`` and ``sex`` stay empty).
+        allow_burned_in: store instances flagged BurnedInAnnotation YES (pixels not cleaned).
 
     Returns:
         ``{"url", "manifest", "matched", "already_present", "ingested", "without_images", "series",
-        "files", "skipped_series", "skipped_instances", "index", "message"}``; ``skipped_series``
-        counts series not retrieved by DICOM Modality (unmapped, not in the cohort, or a second series
-        of a modality), ``skipped_instances`` retrieved instances not stored, and ``index`` is
-        :func:`medfm.heads.cases.update_index`'s summary or None.
+        "files", "skipped_series", "skipped_instances", "refused_burned_in", "index", "message"}``;
+        ``skipped_series`` counts series not retrieved by DICOM Modality (unmapped, not in the cohort, or
+        a second series of a modality), ``skipped_instances`` retrieved instances not stored,
+        ``refused_burned_in`` series not stored because an instance has burned-in annotation, and
+        ``index`` is :func:`medfm.heads.cases.update_index`'s summary or None.
 
     Raises:
         ConfigError: the cohort YAML is invalid or its manifest is not a CSV file.
+        DeidKeyError: the cohort's de-identification key is malformed or open to others.
         DicomWebError: the server cannot be reached or answers with an error, or a study's
             instances are incomplete or not DICOM. Studies finished before it stay in the manifest.
     """
@@ -152,6 +189,8 @@ def ingest_dicomweb(url: str, cohort_path: str | Path, *, filters: dict[str, str
     if index_dir is not None:  # before anything is retrieved: a wrong index or model fails now, not after
         model_dir = _index_model(Path(index_dir), model_dir)
     storage = manifest.path.parent / STORAGE
+    deid = _Deid(load_or_create_key(deid_key_location(manifest.path)), frozenset(map(DeidOption, deid_options)),
+                 allow_burned_in)
     if client is None:
         client = DICOMwebClient(url.rstrip("/"), timeout=TIMEOUT)
         # The client's default retries every failure, refused connections included, for 30 s.
@@ -164,14 +203,14 @@ def ingest_dicomweb(url: str, cohort_path: str | Path, *, filters: dict[str, str
         try:
             for study_uid in _search_studies(client, shown, filters or {}):
                 counts.matched += 1
-                key = study_key(study_uid)
+                key = study_key(deid.key.uid(study_uid))  # the study key names the de-identified study
                 if key in manifest.studies:
                     counts.already_present += 1
                     continue
                 if limit is not None and counts.ingested >= limit:
                     break
                 progress.update(task, description=f"retrieving {key}")
-                row = _ingest_study(client, shown, study_uid, key, manifest, storage, site, counts)
+                row = _ingest_study(client, shown, study_uid, key, manifest, storage, site, deid, counts)
                 if row is not None:
                     manifest.pending.append(row)
                     manifest.studies.add(key)
@@ -372,8 +411,8 @@ def _without_credentials(url: str) -> str:
 
 
 def _ingest_study(client: DICOMwebClient, url: str, study_uid: str, key: str, manifest: _Manifest,
-                  storage: Path, site: str | None, counts: _Counts) -> dict[str, str] | None:
-    """Retrieve and store one study's series; its manifest row, or None if it has no series to store."""
+                  storage: Path, site: str | None, deid: _Deid, counts: _Counts) -> dict[str, str] | None:
+    """Retrieve, de-identify and store one study's series; its manifest row, or None if it has no series to store."""
     config = manifest.config
     chosen = _series_to_store(client, url, study_uid, key, config, counts)
     if not chosen:
@@ -388,18 +427,28 @@ def _ingest_study(client: DICOMwebClient, url: str, study_uid: str, key: str, ma
             else:
                 retrieved[modality] = instances
         counts.series += 1
-    if not retrieved:
+    if retrieved and not str(next(iter(retrieved.values()))[0].get("PatientID", "")).strip():
+        raise DicomWebError(f"{url}: study {key}: no PatientID; the cohort groups studies by patient")
+    site_value = site
+    deidentified: dict[Modality, list[Dataset]] = {}
+    for modality, instances in retrieved.items():
+        try:
+            deidentified[modality] = [deidentify(ds, deid.key, options=deid.options,
+                                                 allow_burned_in=deid.allow_burned_in) for ds in instances]
+        except BurnedInAnnotationError:
+            counts.refused_burned_in += 1
+            continue
+        if site_value is None:  # InstitutionName is removed by de-identification: name the site first
+            institution = _one_line(instances[0].get("InstitutionName"))
+            site_value = deid.key.site_pseudonym(institution) if institution else ""
+    if not deidentified:
         counts.without_images += 1
         return None
-    first = next(iter(retrieved.values()))[0]
-    patient = str(first.get("PatientID", "")).strip()
-    if not patient:
-        raise DicomWebError(f"{url}: study {key}: no PatientID; the cohort groups studies by patient")
-    row = {config.patient_column: patient, config.study_column: key,
-           "study_date": _iso_date(first.get("StudyDate")),
-           "site": site if site is not None else _one_line(first.get("InstitutionName")),
+    first = next(iter(deidentified.values()))[0]
+    row = {config.patient_column: str(first.PatientID), config.study_column: key,
+           "study_date": _iso_date(first.get("StudyDate")), "site": site_value,
            "age": _age_years(first.get("PatientAge")), "sex": _sex(first.get("PatientSex"))}
-    for modality, instances in retrieved.items():
+    for modality, instances in deidentified.items():
         row[config.modalities[modality]] = _store(instances, modality, key, manifest.path.parent, storage, counts)
         row[f"{modality}_device"] = " ".join(
             filter(None, (_one_line(instances[0].get(k)) for k in ("Manufacturer", "ManufacturerModelName"))))
@@ -491,6 +540,9 @@ def _message(summary: dict[str, Any]) -> str:
     if summary["skipped_instances"]:
         parts.append(f"{summary['skipped_instances']} instances left out (a second image of a single-image "
                      "modality, or a modality the cohort does not hold)")
+    if summary["refused_burned_in"]:
+        parts.append(f"{summary['refused_burned_in']} series refused: BurnedInAnnotation YES (pixels may show "
+                     "identifiers; allow_burned_in keeps them)")
     index = summary["index"]
     if index is not None:
         parts.append(f"index: added {index['added']} cases, {index['cases']} in all")

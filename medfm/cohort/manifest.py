@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -357,8 +358,8 @@ class Cohort:
         return int(self.table[self.config.patient_column].nunique())
 
 
-def load_cohort(path: str | Path, require_manifest: bool = True) -> Cohort | CohortConfig:
-    """Load a cohort YAML and, if ``require_manifest``, its manifest table.
+def load_cohort(path: str | Path, require_manifest: bool = True, check_files: bool = False) -> Cohort | CohortConfig:
+    """Load a cohort YAML and, if ``require_manifest``, its manifest table, checked (:func:`check_manifest`).
 
     The table holds only the rows that pass every ``include`` rule, in the manifest's
     order and with its index; ``Cohort.excluded`` counts the others and
@@ -369,11 +370,19 @@ def load_cohort(path: str | Path, require_manifest: bool = True) -> Cohort | Coh
     so ``Cohort.root`` is the dataset root that the adapter's relative paths start from.
     A caller that needs the built manifest on disk writes ``Cohort.table`` itself.
 
+    Args:
+        check_files: also check that every file the kept rows name exists (off by default:
+            the readers name a missing file when a study is read, and datasets quarantine
+            such studies by the run's ``on_error`` policy; a pre-flight check costs one
+            ``stat`` per file, slow on network storage).
+
     Raises:
-        ConfigError: the YAML is invalid, the manifest (or the source root) is missing, a
-            column it names is not in the manifest, the adapter cannot read the dataset's
-            layout (key ``source``), or an ``include`` rule fails in DuckDB (key
-            ``include``, or ``include[i]`` for the i-th rule of a list).
+        ConfigError: the YAML is invalid, the manifest (or the source root) is missing or
+            unreadable, a column it names is not in the manifest, a value has the wrong
+            type, an id is empty or repeated (see :func:`check_manifest`), the adapter
+            cannot read the dataset's layout (key ``source``), an ``include`` rule fails in
+            DuckDB (key ``include``, or ``include[i]`` for the i-th rule of a list), or,
+            with ``check_files``, a file is missing.
     """
     path = Path(path)
     config = load_config(path, CohortConfig)
@@ -385,8 +394,11 @@ def load_cohort(path: str | Path, require_manifest: bool = True) -> Cohort | Coh
         manifest_path = resolve_path(path, "manifest", config.manifest)
         table = read_manifest(manifest_path, config, path)
     included, exclusions = apply_inclusion_rules(table, config.include or [], config.patient_column, path)
-    return Cohort(config, path, manifest_path, included, excluded=len(table) - len(included),
-                  exclusions=exclusions)
+    cohort = Cohort(config, path, manifest_path, included, excluded=len(table) - len(included),
+                    exclusions=exclusions)
+    if check_files:
+        check_manifest_files(cohort)
+    return cohort
 
 
 def apply_inclusion_rules(
@@ -495,31 +507,161 @@ def _build_from_source(path: Path, config: CohortConfig) -> tuple[Path, pd.DataF
 
 
 def read_manifest(manifest_path: Path, config: CohortConfig, source: Path) -> pd.DataFrame:
-    """Read a manifest CSV or Parquet and check every column the cohort names exists."""
-    ids = {config.patient_column: str, config.study_column: str}
-    if manifest_path.suffix == ".parquet":  # typed already; ids made text like the CSV's
-        table = pd.read_parquet(manifest_path)
-        table = table.astype({c: str for c in ids if c in table.columns})
-    else:
-        table = pd.read_csv(manifest_path, dtype=ids)
-    return check_manifest(table, config, source, f"manifest {manifest_path.name}")
-
-
-def check_manifest(table: pd.DataFrame, config: CohortConfig, source: Path, what: str) -> pd.DataFrame:
-    """Check that every column the cohort names exists in ``table`` and study ids are unique.
+    """Read a manifest CSV or Parquet and check it against the cohort (:func:`check_manifest`).
 
     Raises:
-        ConfigError: a missing column (key: the YAML key naming it) or a repeated study id.
+        ConfigError: key ``manifest`` for a file that is missing, unreadable or has a
+            column name twice in its header; else as :func:`check_manifest`.
+    """
+    ids = {config.patient_column: str, config.study_column: str}
+    what = f"manifest {manifest_path.name}"
+    try:
+        if manifest_path.suffix == ".parquet":  # typed already; ids made text like the CSV's
+            table = pd.read_parquet(manifest_path)
+            header = [str(c) for c in table.columns]
+            table = table.astype({c: str for c in ids if c in table.columns})
+        else:
+            # utf-8-sig: a spreadsheet's byte-order mark would otherwise become part of the first column's name
+            header = pd.read_csv(manifest_path, header=None, nrows=1, dtype=str, encoding="utf-8-sig").iloc[0].tolist()
+            table = pd.read_csv(manifest_path, dtype=ids, encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(source, "manifest", f"file not found: {manifest_path}") from None
+    except (OSError, ValueError, ImportError) as err:  # pandas' parser errors and pyarrow's are ValueErrors
+        raise ConfigError(source, "manifest", f"{what}: not a readable {_kind(manifest_path)} "
+                                              f"({_first_line(err)})") from None
+    repeated = sorted({str(c) for c in header if header.count(c) > 1})
+    if repeated:
+        raise ConfigError(source, "manifest", f"{what}: column(s) {repeated} appear more than once in the header")
+    first_line = None if manifest_path.suffix == ".parquet" else 2  # the CSV's header is line 1
+    return check_manifest(table, config, source, what, first_line)
+
+
+def _kind(path: Path) -> str:
+    return "Parquet file" if path.suffix == ".parquet" else "CSV file"
+
+
+LABEL_VALUES = (0, 1)
+
+
+def check_manifest(table: pd.DataFrame, config: CohortConfig, source: Path, what: str,
+                   first_line: int | None = None) -> pd.DataFrame:
+    """Check a manifest table against its cohort; the first problem becomes a one-line ConfigError.
+
+    Checked: every column the cohort names exists (modalities, labels, metadata, ids, the
+    split's and the near-duplicate check's columns); patient and study ids are non-empty
+    and study ids unique; label values are 0, 1 or empty (NaN: unknown); ``age``, when
+    present, is a number >= 0 or empty (Table 1 reads it as years); the date column of a
+    ``time`` split holds dates or is empty. File paths and other metadata are free text.
+
+    Args:
+        what: the table, as errors name it (``manifest manifest.csv``).
+        first_line: the file line of the first row (2 for a CSV with its header on line 1):
+            errors then say ``line N``; None says ``row N`` (1-based).
+
+    Raises:
+        ConfigError: keyed by the YAML key naming the column (``labels``, ``study_column``,
+            ``modalities.cxr``, ...); the reason names the table, the line or row, the
+            study and the value.
     """
     wanted = {"patient_column": [config.patient_column], "study_column": [config.study_column],
               "labels": config.labels, "metadata": config.metadata}
     for key in config.modalities:
         wanted[f"modalities.{key}"] = config.columns_of(key)
+    split = config.split
+    if split.column is not None:
+        wanted["split.column"] = [split.column]
+    if split.external is not None:
+        wanted["split.external.column"] = [split.external.column]
+    if config.near_duplicates is not None:
+        wanted["near_duplicates.column"] = [config.near_duplicates.column]
     for key, columns in wanted.items():
         missing = [c for c in columns if c not in table.columns]
         if missing:
             raise ConfigError(source, key, f"column(s) {missing} not in {what}")
-    if table[config.study_column].duplicated().any():
-        dup = table.loc[table[config.study_column].duplicated(), config.study_column].iloc[0]
-        raise ConfigError(source, "study_column", f"study id {dup!r} appears twice in {what}")
+
+    def row(position: int) -> str:
+        return f"line {position + first_line}" if first_line is not None else f"row {position + 1}"
+
+    def where(position: int) -> str:
+        study = table[config.study_column].iloc[position]
+        return f"{what} {row(position)}" + ("" if pd.isna(study) else f" (study {study!r})")
+
+    for key in ("patient_column", "study_column"):
+        column = getattr(config, key)
+        empty = _positions(table[column].isna() | (table[column].astype(str).str.strip() == ""))
+        if empty:
+            raise ConfigError(source, key, f"{where(empty[0])}: {column} is empty; every study needs one")
+    repeated = _positions(table[config.study_column].duplicated(keep=False))
+    if repeated:
+        study = table[config.study_column].iloc[repeated[0]]
+        again = next(p for p in repeated[1:] if table[config.study_column].iloc[p] == study)
+        raise ConfigError(source, "study_column", f"study id {study!r} appears twice in {what} "
+                                                  f"({row(repeated[0])} and {row(again)})")
+    for label in config.labels:
+        values = table[label]
+        bad = _positions(values.notna() & ~pd.to_numeric(values, errors="coerce").isin(LABEL_VALUES))
+        if bad:
+            raise ConfigError(source, "labels", f"{where(bad[0])}: column {label!r} holds "
+                                                f"{_shown(values.iloc[bad[0]])}; labels must be 0, 1 or empty")
+    _check_age(table, config, source, where)
+    if split.strategy == "time":
+        with warnings.catch_warnings():  # pandas warns when it cannot infer one format; the NaT says it all
+            warnings.simplefilter("ignore", UserWarning)
+            dates = pd.to_datetime(table[split.column], errors="coerce")
+        bad = _positions(table[split.column].notna() & dates.isna())
+        if bad:
+            raise ConfigError(source, "split.column", f"{where(bad[0])}: column {split.column!r} holds "
+                                                      f"{_shown(table[split.column].iloc[bad[0]])}, not a date "
+                                                      "(YYYY-MM-DD)")
     return table
+
+
+def _check_age(table: pd.DataFrame, config: CohortConfig, source: Path, where: Callable[[int], str]) -> None:
+    from medfm.cohort.describe import AGE_COLUMN  # describe imports this module
+
+    if AGE_COLUMN not in table.columns:
+        return
+    values = table[AGE_COLUMN]
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = _positions(values.notna() & (numbers.isna() | (numbers < 0)))
+    if bad:
+        key = "metadata" if AGE_COLUMN in config.metadata else None
+        raise ConfigError(source, key, f"{where(bad[0])}: column {AGE_COLUMN!r} holds {_shown(values.iloc[bad[0]])}; "
+                                       "age must be a number of years >= 0 or empty (rename the column if it "
+                                       "holds something else)")
+
+
+def check_manifest_files(cohort: Cohort) -> None:
+    """Check that every file the cohort's rows name exists (a WFDB record: its ``.hea`` header).
+
+    Raises:
+        ConfigError: keyed by the modality's YAML key, naming the first missing file, its
+            study, and how many others are missing.
+    """
+    config = cohort.config
+    missing: list[tuple[str, str, str]] = []
+    for modality in config.modalities:
+        for column in config.columns_of(modality):
+            for study, value in zip(cohort.table[config.study_column], cohort.table[column], strict=True):
+                if pd.isna(value) or str(value).strip() == "":
+                    continue  # a study without this modality
+                path = cohort.root / str(value)
+                if modality == Modality.ECG:
+                    path = path.with_name(path.name + ".hea")
+                if not path.exists():
+                    missing.append((f"modalities.{modality}", study, str(value)))
+    if missing:
+        key, study, value = missing[0]
+        more = f" ({len(missing) - 1} other file(s) missing too)" if len(missing) > 1 else ""
+        raise ConfigError(cohort.source, key, f"study {study!r}: file not found: {value} "
+                                              f"(under {cohort.root}){more}")
+
+
+def _shown(value: Any) -> str:
+    """A manifest cell as the file shows it, quoted: ``'maybe'``, ``'2'``, never ``np.int64(2)``."""
+    return repr(str(value))
+
+
+def _positions(mask: pd.Series) -> list[int]:
+    """Positions (not index labels) where ``mask`` is true; at most the first few are needed."""
+    return np.flatnonzero(mask.to_numpy(dtype=bool))[:10].tolist()

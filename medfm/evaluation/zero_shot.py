@@ -28,12 +28,19 @@ def evaluate_zero_shot(classifier: ZeroShotClassifier, samples: list[dict[str, A
                        embedded: dict[str, tuple[torch.Tensor, list[int]]]) -> list[dict]:
     """Ensemble and single-prompt AUROC per task, overall and per acquisition device.
 
-    ``embedded`` holds :func:`embed_samples` of ``samples`` for every modality a task reads.
+    ``embedded`` holds :func:`embed_samples` of ``samples`` for the modalities they have; a task whose
+    modality no sample has (a small cohort's test split without CT) is listed with no AUROC.
     """
     tasks = []
     for task in plan.tasks:
         finding = prompt_sets[task.finding].finding
-        x, index = embedded[task.modality]
+        x, index = embedded.get(task.modality, (None, []))
+        if not index:
+            tasks.append({"finding": task.finding, "modality": str(task.modality), "label": task.label,
+                          "auroc": float("nan"), "n_positive": 0, "n_negative": 0,
+                          "prompt_set_version": prompt_sets[task.finding].version,
+                          "prompt_auroc": {**_spread(np.array([])), "per_prompt": {}}, "by_device": {}})
+            continue
         labels = np.array([samples[i][Field.LABEL][task.label] for i in index])
         scores = classifier.decision_function(x)[:, classifier.findings_.index(finding)]
         single = {text: auroc(labels, s) for text, s in classifier.single_prompt_scores(x, finding).items()}

@@ -22,6 +22,7 @@ import json
 import secrets
 import shutil
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,8 @@ def update_index(index_dir: str | Path, model_dir: str | Path, cohort_path: str 
             shutil.rmtree(stale)
     model = MultimodalModel.from_pretrained(model_dir)
     cohort = load_cohort(cohort_path)
+    if index is not None:
+        _refuse_study_ids_of_other_cohorts(index, cohort, cohort_path)
     present = index.keys() if index is not None else set()
     rows, skipped = _rows_to_index(cohort, model, present)
     chunks = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
@@ -123,6 +126,8 @@ def update_index(index_dir: str | Path, model_dir: str | Path, cohort_path: str 
             progress.advance(task)
 
     vectors, cases = _read_chunks(pending, len(chunks), model.config.embed_dim)
+    # Chunks written before cases recorded their cohort (a build resumed across the upgrade) say it here.
+    cases = [case if case.cohort else replace(case, cohort=cohort.config.name) for case in cases]
     if index is None:
         index = CaseIndex.build(vectors, cases, config)
     elif cases:
@@ -153,6 +158,22 @@ def remove_studies(index_dir: str | Path, study_ids: Iterable[str]) -> int:
 
 
 # -- planning --------------------------------------------------------------------------------------
+
+
+def _refuse_study_ids_of_other_cohorts(index: CaseIndex, cohort: Cohort, cohort_path: str | Path) -> None:
+    """A study id the index holds for another cohort would be skipped as "already indexed": refuse instead.
+
+    Cases are keyed by (study id, modality); two cohorts numbering their studies alike
+    (S000001, ...) cannot share an index, or a token scoped to the second would silently
+    miss the studies whose ids the first took.
+    """
+    name = cohort.config.name
+    ids = set(cohort.table[cohort.config.study_column].astype(str))
+    taken = sorted({study for study, owner in index.db.execute("SELECT study_id, cohort FROM cases")
+                    if study in ids and owner is not None and owner != name})
+    if taken:
+        raise MedfmError(f"{cohort_path}: {len(taken)} study ids of cohort {name!r} are already in the index under "
+                         f"another cohort (e.g. {taken[0]}); study ids must be unique across an index's cohorts")
 
 
 def _indexed_modalities(cohort: Cohort, model: MultimodalModel) -> list[Modality]:
@@ -261,7 +282,7 @@ def _case(cohort: Cohort, sample: dict[str, Any], modality: Modality, salt: str)
         study_id=meta["study_id"], patient_key=patient_key(salt, meta["patient_id"]), modality=str(modality),
         site=_text(meta.get("site")), device=_text(meta.get(f"{modality}_device")),
         date=_text(meta.get("study_date")), report=report,
-        findings=", ".join(positive) if modality in cfg.findings else None)
+        findings=", ".join(positive) if modality in cfg.findings else None, cohort=cfg.name)
 
 
 def _text(value: Any) -> str | None:

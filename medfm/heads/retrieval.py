@@ -2,7 +2,7 @@
 
 One case is one study's embedding in one modality (a study with a CXR and an ECG is two
 cases, found by either). The FAISS id of a case is its SQLite row id, so a metadata
-filter (modality, site, device, date range, "not this patient") becomes the set of
+filter (modality, site, device, date range, cohorts, "not this patient") becomes the set of
 allowed ids handed to FAISS's search (a bitmap, ``IDSelectorBitmap``): results are
 filtered inside the search, never over-fetched and thinned afterwards. The filter
 columns are mirrored in numpy arrays, so a filter over a million cases costs a few
@@ -13,6 +13,10 @@ On disk an index is a folder of versions and a ``CURRENT`` file naming the live 
 replaced atomically after the new version is complete (the way LevelDB switches
 manifests): a crash while saving leaves the previous version readable. Every file of a
 version is listed with its SHA-256 in ``index.json`` and checked on load.
+
+Format 2 records each case's cohort (the service limits a token to its cohorts). A format 1
+index is upgraded when loaded if it holds one cohort (every case is that cohort's); one
+that holds several is refused, since which case came from which cohort was never recorded.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import shutil
 import sqlite3
 import uuid
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,7 +38,8 @@ from medfm.atomic import sha256_file, write_json_atomic, write_text_atomic
 from medfm.config import Config
 from medfm.errors import MedfmError, MedfmReadError
 
-FORMAT = "medfm-index/1"
+FORMAT = "medfm-index/2"
+FORMAT_WITHOUT_COHORTS = "medfm-index/1"
 CURRENT = "CURRENT"
 RECALL_K = 10
 # k-means points per IVF cell: FAISS warns below 39; beyond ~64 the cells barely move and
@@ -101,6 +107,7 @@ class Case:
     report: str | None = None
     thumbnail: str | None = None  # file name inside the index folder's thumbnails/
     findings: str | None = None  # the cohort's positive labels for this modality, comma-separated
+    cohort: str | None = None  # the name of the cohort the study was indexed from
 
 
 @dataclass(frozen=True)
@@ -216,18 +223,26 @@ class CaseIndex:
     def __len__(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM cases").fetchone()[0]
 
+    def counts(self) -> dict[tuple[str | None, str], int]:
+        """Live cases per ``(cohort, modality)``."""
+        rows = self.db.execute("SELECT cohort, modality, COUNT(*) FROM cases GROUP BY cohort, modality")
+        return {(cohort, modality): count for cohort, modality, count in rows}
+
     # -- searching -----------------------------------------------------------------------------
 
     def search(self, query: np.ndarray, k: int = 10, *, modality: str | None = None, site: str | None = None,
                device: str | None = None, date_from: str | None = None, date_to: str | None = None,
-               exclude_patient: str | None = None) -> list[Hit]:
+               exclude_patient: str | None = None, cohorts: Collection[str] | None = None) -> list[Hit]:
         """The ``k`` most similar live cases that pass every given filter, best first.
 
         ``exclude_patient``: the query's own patient key; their other studies are not
         "similar prior cases" and are left out unless the caller passes None.
+        ``cohorts``: only cases of these cohorts (None: every case; empty: none). Like the other
+        filters it limits the candidates inside the search, so ``k`` cases come back when
+        other cohorts hold closer ones.
         """
         allowed, count = self._allowed(modality=modality, site=site, device=device, date_from=date_from,
-                                       date_to=date_to, exclude_patient=exclude_patient)
+                                       date_to=date_to, exclude_patient=exclude_patient, cohorts=cohorts)
         if count == 0:
             return []
         scores, ids = self._search(_unit_rows(query.reshape(1, -1)), min(k, count), allowed)
@@ -331,9 +346,13 @@ class CaseIndex:
             meta = json.loads((version / "index.json").read_text())
         except (OSError, ValueError) as err:
             raise IndexFileError(directory, f"not a complete medfm index ({err})") from None
-        if meta.get("format") != FORMAT:
+        if meta.get("format") not in (FORMAT, FORMAT_WITHOUT_COHORTS):
             raise IndexFileError(version / "index.json", f"format {meta.get('format')!r}, expected {FORMAT!r}")
-        for name, digest in meta["files"].items():
+        files = meta.get("files")
+        if not isinstance(files, dict) or set(files) != {"vectors.faiss", "cases.sqlite"}:
+            raise IndexFileError(version / "index.json", "does not record the SHA-256 of both vectors.faiss and "
+                                 "cases.sqlite; refusing files that cannot be checked")
+        for name, digest in files.items():
             path = version / name
             if not path.is_file() or sha256_file(path) != digest:
                 raise IndexFileError(path, "missing, or changed since the index was written (SHA-256 differs)")
@@ -344,7 +363,24 @@ class CaseIndex:
         with sqlite3.connect(version / "cases.sqlite") as source:
             source.backup(index.db)
         source.close()
+        if meta["format"] == FORMAT_WITHOUT_COHORTS:
+            index._add_cohort_column(directory, version / "index.json")
         return index
+
+    def _add_cohort_column(self, directory: Path, meta_path: Path) -> None:
+        """Upgrade a format 1 index in memory: every case belongs to its only cohort (saving writes format 2)."""
+        cohorts = list(self.info.get("cohorts", []))
+        if len(cohorts) > 1:
+            model = self.info.get("model", "CHECKPOINT")
+            raise IndexFileError(meta_path, f"format {FORMAT_WITHOUT_COHORTS!r} does not record which of its cohorts "
+                                            f"({', '.join(cohorts)}) each case came from; rebuild it: `medfm index "
+                                            f"build --fresh --model {model} --cohort FIRST.yaml --out {directory}`, "
+                                            f"then `medfm index add --model {model} --cohort NEXT.yaml --index "
+                                            f"{directory}` for each other cohort")
+        with self.db:
+            self.db.execute("ALTER TABLE cases ADD COLUMN cohort TEXT")
+            if cohorts:
+                self.db.execute("UPDATE cases SET cohort = ?", (cohorts[0],))
 
 
 @dataclass
@@ -357,13 +393,13 @@ class _FilterColumns:
 
     ids: np.ndarray
     id_space: int  # one past the largest id FAISS holds (removed ones included)
-    codes: dict[str, np.ndarray]  # modality, site, device, patient_key
+    codes: dict[str, np.ndarray]  # modality, site, device, patient_key, cohort
     vocabulary: dict[str, dict[str, int]]
     dates: np.ndarray
 
     @classmethod
     def of(cls, index: CaseIndex) -> _FilterColumns:
-        names = ("modality", "site", "device", "patient_key")
+        names = ("modality", "site", "device", "patient_key", "cohort")
         rows = index.db.execute(f"SELECT id, date, {', '.join(names)} FROM cases ORDER BY id").fetchall()
         columns = list(zip(*rows, strict=True)) if rows else [()] * (len(names) + 2)
         codes, vocabulary = {}, {}
@@ -378,7 +414,7 @@ class _FilterColumns:
         return len(self.ids)
 
     def matching(self, *, modality=None, site=None, device=None, date_from=None, date_to=None,
-                 exclude_patient=None) -> np.ndarray | None:
+                 exclude_patient=None, cohorts=None) -> np.ndarray | None:
         """Rows passing every given filter (None: no filter given)."""
         tests = [self._equal(name, value) for name, value in (("modality", modality), ("site", site),
                                                                ("device", device)) if value is not None]
@@ -388,6 +424,9 @@ class _FilterColumns:
             tests.append((self.dates >= 0) & (self.dates <= _date_number(date_to)))
         if exclude_patient is not None:
             tests.append(~self._equal("patient_key", exclude_patient))
+        if cohorts is not None:
+            known = self.vocabulary["cohort"]
+            tests.append(np.isin(self.codes["cohort"], [known[c] for c in cohorts if c in known]))
         return np.logical_and.reduce(tests) if tests else None
 
     def _equal(self, name: str, value: str) -> np.ndarray:

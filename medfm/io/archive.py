@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import stat
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from medfm.errors import MedfmReadError
@@ -32,8 +33,8 @@ def extract_zip(path: str | Path, dest: str | Path, max_bytes: int = MAX_BYTES, 
     path, dest = Path(path), Path(dest).resolve()
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise ArchiveError(path, f"not a readable zip archive ({err})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
+        raise ArchiveError(path, f"not a readable zip archive ({type(err).__name__}: {err})") from None
     with archive:
         members = [m for m in archive.infolist() if not m.is_dir()]
         if len(members) > max_files:
@@ -52,7 +53,8 @@ def extract_zip(path: str | Path, dest: str | Path, max_bytes: int = MAX_BYTES, 
                         if written > max_bytes:
                             raise ArchiveError(path, f"expands past the limit of {max_bytes} bytes")
                         out.write(block)
-            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as err:
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError,
+                    zlib.error) as err:  # RuntimeError: an encrypted member; ValueError: a bad name or header
                 raise ArchiveError(path, f"member {member.filename!r} cannot be extracted ({err})") from None
     return dest
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from medfm.io.dicom import decode_pixels, dicom_meta, load_dataset
+from medfm.io.dicom import decode_pixels, dicom_meta, header_int, header_numbers, load_dataset
 from medfm.io.errors import CorruptFileError, EmptyFileError, UnsupportedFormatError
 from medfm.io.images import Image, plane_affine
 
@@ -50,7 +50,8 @@ def read_dicom_series(
         UnsupportedFormatError: several series and no ``series_uid``; a multi-frame
             file or a slice without ImagePositionPatient/ImageOrientationPatient.
         CorruptFileError: inconsistent orientation, pixel spacing or matrix size inside
-            the series; duplicated slice positions (unless allowed); undecodable pixels.
+            the series; duplicated slice positions (unless allowed); undecodable pixels;
+            geometry fields that are not finite numbers, or a spacing that is not positive.
     """
     files, origin_name = _list_files(paths_or_folder)
     series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
@@ -73,8 +74,10 @@ def read_dicom_series(
     first_path, first = slices[0]
     orientation = _geometry_field(first_path, first, "ImageOrientationPatient", 6)
     row_spacing, col_spacing = (float(v) for v in _geometry_field(first_path, first, "PixelSpacing", 2))
+    if min(row_spacing, col_spacing) <= 0:
+        raise CorruptFileError(first_path, f"PixelSpacing {[row_spacing, col_spacing]}: must be positive")
     for path, ds in slices:
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        if header_int(ds, "NumberOfFrames", 1, path) > 1:
             raise UnsupportedFormatError(path, "multi-frame file inside a series; read it with read_dicom_image")
         if not np.allclose(_geometry_field(path, ds, "ImageOrientationPatient", 6), orientation, atol=_ORIENTATION_TOL):
             raise CorruptFileError(path, f"ImageOrientationPatient differs from {first_path.name} in the same series")
@@ -113,10 +116,18 @@ def read_dicom_series(
             )
         slice_vector = np.median(np.diff(positions, axis=0), axis=0)
     else:
-        step = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
-        slice_vector = normal * step
+        step = header_numbers(first, "SpacingBetweenSlices", first_path) or header_numbers(
+            first, "SliceThickness", first_path)
+        slice_vector = normal * (step[0] if step and step[0] else 1.0)
 
-    volume = np.stack([decode_pixels(load_dataset(path), path)[0] for path, _ in slices], axis=1)
+    planes = []
+    for path, _ in slices:
+        plane = decode_pixels(load_dataset(path), path)[0]
+        if planes and plane.shape != planes[0].shape:
+            raise CorruptFileError(path, f"pixels of shape {plane.shape} differ from {slices[0][0].name}'s "
+                                         f"{planes[0].shape} in the same series")
+        planes.append(plane)
+    volume = np.stack(planes, axis=1)
     affine = plane_affine(row_spacing, col_spacing, tuple(orientation), tuple(positions[0]), slice_vector)
     meta = dicom_meta(slices[0][1])
     meta.update(
@@ -147,10 +158,7 @@ def _is_dicom(path: Path) -> bool:
 
 
 def _geometry_field(path: Path, ds: Dataset, name: str, length: int) -> np.ndarray:
-    value = ds.get(name)
-    if value is None or len(value) != length:
+    values = header_numbers(ds, name, path)
+    if values is None or len(values) != length:
         raise UnsupportedFormatError(path, f"slice has no valid {name}; cannot place it in a volume")
-    try:
-        return np.array([float(v) for v in value])
-    except (TypeError, ValueError):
-        raise CorruptFileError(path, f"{name} is not numeric: {list(value)}") from None
+    return np.array(values)

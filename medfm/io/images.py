@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,27 @@ from medfm.io.errors import CorruptFileError, EmptyFileError, UnsupportedFormatE
 
 # LPS (DICOM) <-> RAS (NIfTI, MONAI default): negate the first two world axes.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# Largest float32 array an image reader returns (512 x 512 x 2048 voxels): a header that asks
+# for more is refused before anything is allocated, so a corrupt size cannot exhaust memory.
+MAX_ARRAY_BYTES = 2 * 1024**3
+
+
+class ClippedReader(io.BufferedReader):
+    """A binary file whose ``read(n)`` never asks the OS for more than the bytes left.
+
+    Parsers trust length fields (a DICOM element's, a PNG chunk's) and ``read(length)``;
+    a plain file object allocates ``length`` bytes before finding they are not there,
+    so one flipped byte could ask for gigabytes. Here the read is cut to the file's end.
+    """
+
+    def __init__(self, path: str | Path):
+        super().__init__(io.FileIO(path, "rb"))
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(self._size - self.tell(), 0))
+        return super().read(size)
 
 
 @dataclass(frozen=True)
@@ -105,7 +129,9 @@ def read_photo(path: str | Path) -> Image:
     Raises:
         EmptyFileError: zero-byte file.
         UnsupportedFormatError: not an image Pillow recognises, or more than one frame.
-        CorruptFileError: the image is truncated or its data cannot be decoded.
+        CorruptFileError: the image is truncated or its data cannot be decoded, or its
+            header declares more pixels than Pillow's decompression-bomb limit
+            (``PIL.Image.MAX_IMAGE_PIXELS``) or than :data:`MAX_ARRAY_BYTES` holds.
     """
     path = Path(path)
     if not path.is_file():
@@ -113,16 +139,22 @@ def read_photo(path: str | Path) -> Image:
     if path.stat().st_size == 0:
         raise EmptyFileError(path, "file is empty (0 bytes)")
     try:
-        with PILImage.open(path) as pil:
-            fmt = pil.format or ""
-            n_frames = int(getattr(pil, "n_frames", 1))
-            if n_frames > 1:
-                raise UnsupportedFormatError(path, f"{fmt} with {n_frames} frames; only single-frame images are read")
-            pil.load()
-            mode = pil.mode
-            pixels = _pil_to_channels(pil, path)
+        with warnings.catch_warnings(), ClippedReader(path) as handle:
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)  # _check_declared_size refuses it
+            with PILImage.open(handle) as pil:
+                fmt = pil.format or ""
+                _check_declared_size(pil, path)
+                n_frames = int(getattr(pil, "n_frames", 1))
+                if n_frames > 1:
+                    raise UnsupportedFormatError(path, f"{fmt} with {n_frames} frames; only single-frame images "
+                                                       "are read")
+                pil.load()
+                mode = pil.mode
+                pixels = _pil_to_channels(pil, path)
     except UnidentifiedImageError:
         raise UnsupportedFormatError(path, "not an image format Pillow recognises") from None
+    except PILImage.DecompressionBombError as err:  # raised by Image.open, before our own check
+        raise CorruptFileError(path, f"image size over Pillow's decompression-bomb limit ({err})") from None
     except (OSError, SyntaxError, ValueError) as err:  # Pillow's errors for truncated/bad data
         raise CorruptFileError(path, f"image data could not be decoded ({err})") from None
 
@@ -135,6 +167,20 @@ def read_photo(path: str | Path) -> Image:
         "grey_as_rgb": grey_as_rgb,
     }
     return Image(pixels.astype(np.float32), affine_2d(1.0, 1.0), (1.0, 1.0), meta)
+
+
+def _check_declared_size(pil: PILImage.Image, path: Path) -> None:
+    """Refuse a header whose width x height is absurd, before Pillow allocates the image."""
+    width, height = pil.size
+    pixels = width * height
+    if width <= 0 or height <= 0:
+        raise CorruptFileError(path, f"image size {width}x{height}: must be positive")
+    limit = PILImage.MAX_IMAGE_PIXELS
+    if limit is not None and pixels > limit:
+        raise CorruptFileError(path, f"image size {width}x{height} is over Pillow's decompression-bomb limit "
+                                     f"of {limit} pixels")
+    if pixels * 3 * 4 > MAX_ARRAY_BYTES:  # at most 3 float32 channels come back
+        raise CorruptFileError(path, f"image size {width}x{height} would need more than {MAX_ARRAY_BYTES} bytes")
 
 
 def _pil_to_channels(pil: PILImage.Image, path: Path) -> np.ndarray:

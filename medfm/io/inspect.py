@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import wfdb
 
 from medfm.io.dicom import PATIENT_IDENTIFIER_FIELDS, dicom_meta, image_from_dataset, load_dataset
 from medfm.io.dicom_series import read_dicom_series
@@ -15,6 +15,7 @@ from medfm.io.errors import CorruptFileError, EmptyFileError, UnsupportedFormatE
 from medfm.io.images import Image, read_photo
 from medfm.io.nifti import read_nifti
 from medfm.io.oct_vendor import read_heidelberg_vol, read_oct_vendor, read_zeiss_img
+from medfm.io.wfdb import read_wfdb_record
 from medfm.keys import STANDARD_LEADS
 
 _SIGNATURES = (
@@ -69,7 +70,7 @@ def detect_format(path: str | Path) -> str:
             with gzip.open(path, "rb") as handle:
                 if _is_nifti_header(handle.read(352)):
                     return "nifti"
-        except (OSError, EOFError):
+        except (OSError, EOFError, zlib.error):
             raise CorruptFileError(path, "gzip stream is corrupt") from None
     for signature, name in _SIGNATURES:
         if head.startswith(signature):
@@ -189,11 +190,8 @@ def _image_summary(image: Image) -> dict[str, Any]:
 
 def _inspect_wfdb(path: Path) -> dict[str, Any]:
     record_path = path.with_suffix("") if path.suffix == ".hea" else path
-    try:
-        record = wfdb.rdrecord(str(record_path), physical=True)
-    except Exception as err:  # wfdb raises bare ValueError/IndexError/OSError on bad files
-        raise CorruptFileError(record_path.with_suffix(".hea"), f"not a readable WFDB record ({err})") from None
-    names = [str(name) for name in record.sig_name]
+    record = read_wfdb_record(record_path)
+    names = [str(name or "") for name in record.sig_name or []]
     present = {_LEADS_BY_LOWER[name.strip().lower()] for name in names if name.strip().lower() in _LEADS_BY_LOWER}
     signal = record.p_signal
     finite = signal[np.isfinite(signal)] if signal is not None else np.array([])
@@ -203,7 +201,7 @@ def _inspect_wfdb(path: Path) -> dict[str, Any]:
         "n_samples": int(record.sig_len),
         "duration_s": round(record.sig_len / float(record.fs), 3),
         "lead_names": names,
-        "units": [str(unit) for unit in record.units],
+        "units": [str(unit) for unit in record.units or []],
         "standard_leads_present": [lead for lead in STANDARD_LEADS if lead in present],
         "stored_dtype": ",".join(f"wfdb fmt {fmt}" for fmt in dict.fromkeys(record.fmt or [])),
         "shape": [len(names), int(record.sig_len)],

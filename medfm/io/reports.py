@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from medfm.errors import MedfmReadError
+from medfm.io.deid_text import scrub_report
 
 # Heading as written (upper case, any spacing) → section key. Longer names first so that
 # "CLINICAL HISTORY" is not read as "HISTORY".
@@ -53,7 +54,10 @@ def _is_heading(text: str, match: re.Match) -> bool:
 
 
 def read_report(path: str | Path) -> str:
-    """Read a UTF-8 report and normalise its whitespace.
+    """Read a UTF-8 report, remove its identifiers (:func:`medfm.io.deid_text.scrub_report`), normalise whitespace.
+
+    Scrubbed here, where every report enters medfm, so no identifier in a report's text reaches an
+    embedding, the case index, the search service or a validation report.
 
     Raises:
         MedfmReadError: the file is missing, not UTF-8, or empty.
@@ -65,7 +69,7 @@ def read_report(path: str | Path) -> str:
         raise MedfmReadError(path, "file not found") from None
     except UnicodeDecodeError as err:
         raise MedfmReadError(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
-    text = " ".join(text.split())
+    text = " ".join(scrub_report(text).split())  # before the join: field values end at line ends
     if not text:
         raise MedfmReadError(path, "report is empty")
     return text

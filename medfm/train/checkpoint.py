@@ -1,4 +1,8 @@
-"""Training state (optimizer moments, loss parameters, counters) as safetensors + JSON, never pickle."""
+"""Training state (optimizer moments, loss parameters, counters) as safetensors + JSON, never pickle.
+
+``train_state.json`` records the SHA-256 of ``train_state.safetensors`` (under ``files``);
+resuming refuses a tensors file that does not match it.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from medfm.atomic import write_atomic, write_json_atomic
 from medfm.errors import CheckpointError
+from medfm.models.trust import FILES, checked_record, expected_sha256, load_tensors, record_of, warn_unverified
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
@@ -32,9 +37,9 @@ def save_train_state(directory: Path, optimizer: torch.optim.Optimizer, progress
                if isinstance(value, torch.Tensor)}
     tensors |= {f"{LOSS_PREFIX}{name}": value.detach().cpu().contiguous()
                 for name, value in (loss_state or {}).items()}
-    record = {"param_groups": state["param_groups"], "progress": progress}
-    # Tensors first, counters last: the JSON's step never runs ahead of the moments.
-    write_atomic(directory / STATE_TENSORS, lambda tmp: save_file(tensors, str(tmp)))
+    # Tensors first, counters (and the tensors' hash) last: the JSON's step never runs ahead of the moments.
+    written = write_atomic(directory / STATE_TENSORS, lambda tmp: save_file(tensors, str(tmp)))
+    record = {"param_groups": state["param_groups"], "progress": progress, FILES: record_of(directory, [written])}
     write_json_atomic(directory / STATE_JSON, record)
 
 
@@ -46,13 +51,23 @@ def load_train_state(directory: Path, optimizer: torch.optim.Optimizer,
         The loop's counters and the loss's state dict (for ``loss_fn.load_state_dict``).
 
     Raises:
-        CheckpointError: the files are unreadable or do not fit the optimizer.
+        CheckpointError: the files are unreadable, the tensors do not match the SHA-256
+            recorded when they were written, or they do not fit the optimizer.
     """
+    where = directory / STATE_JSON
     try:
-        record = json.loads((directory / STATE_JSON).read_text())
-        tensors = load_file(str(directory / STATE_TENSORS))
+        record = json.loads(where.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{directory}: training state unreadable ({err})") from None
+        raise CheckpointError(f"{where}: training state unreadable ({err})") from None
+    if not isinstance(record, dict) or not {"param_groups", "progress"} <= set(record):
+        raise CheckpointError(f"{where}: not a medfm training state (needs 'param_groups' and 'progress')")
+    hashes = checked_record(directory, record.get(FILES), where)
+    if hashes is None:
+        warn_unverified(where)
+    tensors_path = directory / STATE_TENSORS
+    if not tensors_path.is_file():
+        raise CheckpointError(f"{tensors_path}: training state file missing")
+    tensors = load_tensors(tensors_path, expected_sha256(hashes, directory, tensors_path, where), where)
     state: dict[int, dict[str, torch.Tensor]] = {}
     loss_state: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
@@ -76,3 +91,4 @@ def remove_train_state(directory: Path) -> None:
     """Forget an earlier run's counters, so a fresh run killed early never resumes into it."""
     for name in (STATE_JSON, STATE_TENSORS):
         (directory / name).unlink(missing_ok=True)
+

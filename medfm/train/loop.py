@@ -20,7 +20,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import medfm.align  # noqa: F401  (registers the losses)
-from medfm.atomic import write_json_atomic
+from medfm.atomic import commit_together, recover_together, write_json_atomic
 from medfm.data.samplers import balanced_order
 from medfm.errors import CheckpointError
 from medfm.keys import Field, Modality, input_keys
@@ -72,6 +72,8 @@ def pretrain(model: MultimodalModel, samples: list[dict[str, Any]], config: Trai
     checkpoint_dir = Path(checkpoint_dir)
     if ctx.is_main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        recover_together(checkpoint_dir)  # a save a kill interrupted: finished if it was complete, else dropped
+    barrier(ctx)
     if config.threads:
         torch.set_num_threads(config.threads)
     check_same_samples(ctx, _fingerprint(samples))
@@ -258,12 +260,16 @@ def contrastive_backward(model: MultimodalModel, loss_fn: torch.nn.Module, batch
 def _checkpoint(model: MultimodalModel, optimizer: torch.optim.Optimizer, loss_fn: torch.nn.Module,
                 directory: Path, ctx: DistContext, config: TrainConfig, step: int,
                 history: list[dict[str, Any]], epoch_losses: list[float]) -> None:
-    """Weights first, then the state whose counters say they are complete; rank 0 writes, all wait."""
+    """Weights, adapters and training state replace the previous set together; rank 0 writes, all wait."""
     if ctx.is_main:
-        model.save_pretrained(directory)
         progress = {"step": step, "epoch": len(history), "history": history, "epoch_losses": epoch_losses,
                     "world_size": ctx.world_size, "config": config.model_dump(mode="json")}
-        save_train_state(directory, optimizer, progress, loss_fn.state_dict())
+
+        def write(staging: Path) -> None:
+            model.save_pretrained(staging)
+            save_train_state(staging, optimizer, progress, loss_fn.state_dict())
+
+        commit_together(directory, write)
     barrier(ctx)
 
 

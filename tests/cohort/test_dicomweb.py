@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +19,10 @@ from pydicom.uid import generate_uid
 from medfm.cli import main
 from medfm.cohort import dicomweb as dw
 from medfm.cohort import load_cohort
-from medfm.cohort.dicomweb import DicomWebError, ingest_dicomweb, study_key
+from medfm.cohort.dicomweb import DicomWebError, deid_key_location, ingest_dicomweb, study_key
 from medfm.data.dataset import READERS
 from medfm.heads.retrieval import CaseIndex
+from medfm.io.deid import DeidKey, load_key
 from medfm.keys import Modality
 from tests.cohort.orthanc import free_port, run_orthanc
 
@@ -30,11 +33,20 @@ LABELS = ["cardiomegaly", "pleural_effusion", "atrial_fibrillation", "lvh", "dru
 
 @dataclass(frozen=True)
 class Expected:
-    """What the server holds, per study key, from the synthetic cohort's manifest and files."""
+    """What the server holds, per original StudyInstanceUID, from the synthetic cohort's manifest and files."""
 
-    rows: dict[str, dict]  # study key → demo manifest row
-    modalities: dict[str, set[Modality]]  # study key → image modalities stored as DICOM
-    slices: dict[str, int]  # study key → CT slice count
+    rows: dict[str, dict]  # StudyInstanceUID → demo manifest row
+    modalities: dict[str, set[Modality]]  # StudyInstanceUID → image modalities stored as DICOM
+    slices: dict[str, int]  # StudyInstanceUID → CT slice count
+
+    def keys(self, cohort_path: Path) -> dict[str, str]:
+        """StudyInstanceUID → study key in this cohort (a hash of the UID as its de-identification key remaps it)."""
+        key = cohort_key(cohort_path)
+        return {uid: study_key(key.uid(uid)) for uid in self.rows}
+
+
+def cohort_key(cohort_path: Path) -> DeidKey:
+    return load_key(deid_key_location(load_cohort(cohort_path).manifest_path))
 
 
 @pytest.fixture(scope="module")
@@ -69,17 +81,22 @@ def expected(indexed_cohort) -> Expected:
             continue
         first = next(iter(stored.values()))
         first = sorted(first.glob("*.dcm"))[0] if first.is_dir() else first
-        key = study_key(str(pydicom.dcmread(first, stop_before_pixels=True).StudyInstanceUID))
-        rows[key], modalities[key] = row.to_dict(), set(stored)
+        uid = str(pydicom.dcmread(first, stop_before_pixels=True).StudyInstanceUID)
+        rows[uid], modalities[uid] = row.to_dict(), set(stored)
         if Modality.CT in stored:
-            slices[key] = len(list(stored[Modality.CT].glob("*.dcm")))
+            slices[uid] = len(list(stored[Modality.CT].glob("*.dcm")))
     return Expected(rows, modalities, slices)
 
 
 def new_cohort(folder: Path, indexed_cohort, header: bool = True) -> Path:
-    """A cohort YAML like the demo's whose manifest holds only the header (or does not exist yet)."""
+    """A cohort YAML like the demo's whose manifest holds only the header (or does not exist yet).
+
+    Its accrual rule is left out: ingest shifts each patient's dates (an accrual window belongs in the
+    QIDO-RS ``StudyDate`` filter, where the dates are real).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     text = indexed_cohort.cohort.read_text().replace("name: demo", "name: pacs")
+    text = "".join(line for line in text.splitlines(keepends=True) if "accrual" not in line)
     (folder / "cohort.yaml").write_text(text)
     if header:
         first_line = indexed_cohort.manifest.read_text().splitlines()[0]
@@ -113,17 +130,23 @@ def ingested(tmp_path_factory, indexed_cohort, orthanc):
 def test_ingest_writes_files_and_rows(ingested, expected):
     cohort_path, _, _, summary = ingested
     assert summary["ingested"] == summary["matched"] == len(expected.rows)
-    assert summary["skipped_series"] == {"MR": 1}
+    assert summary["skipped_series"] == {"MR": 1} and summary["refused_burned_in"] == 0
     cohort = load_cohort(cohort_path)  # empty label cells are accepted: unknown, not negative
     table = cohort.table.set_index("study_id")
-    assert set(table.index) == set(expected.rows)
+    keys, deid = expected.keys(cohort_path), cohort_key(cohort_path)
+    assert set(table.index) == set(keys.values())
     assert table[LABELS].isna().all().all()
-    for key, demo in expected.rows.items():
+    for uid, demo in expected.rows.items():
+        key = keys[uid]
         row = table.loc[key]
-        assert row["patient_id"] == demo["patient_id"]
-        assert (row["study_date"], row["site"], str(row["sex"])) == (demo["study_date"], demo["site"], demo["sex"])
+        # Pseudonyms keyed by the cohort's key: one patient stays one patient, one site one site.
+        assert row["patient_id"] == deid.patient_pseudonym(demo["patient_id"])
+        assert row["site"] == deid.site_pseudonym(demo["site"])
+        assert (str(row["sex"]), float(row["age"])) == (demo["sex"], float(demo["age"]))  # characteristics kept
+        shifted = dt.date.fromisoformat(demo["study_date"]) + dt.timedelta(deid.date_shift_days(demo["patient_id"]))
+        assert row["study_date"] == shifted.isoformat() != demo["study_date"]  # a patient's intervals are kept
         for modality in IMAGES:
-            if modality in expected.modalities[key]:
+            if modality in expected.modalities[uid]:
                 assert row[f"{modality}_device"] == demo[f"{modality}_device"]
                 path = cohort.root / row[f"{modality}_path"]
                 assert path.resolve().is_relative_to((cohort.root / "dicomweb" / modality / key).resolve())
@@ -131,15 +154,21 @@ def test_ingest_writes_files_and_rows(ingested, expected):
                 assert pd.isna(row[f"{modality}_path"])
         assert pd.isna(row["ecg_path"]) and pd.isna(row["cxr_report_path"])
     text = (cohort.root / "manifest.csv").read_text()
-    assert "SYNTH^" not in text  # no patient name; the patient id is the cohort key, as in the demo
-    assert not re.search(r"P\d{5}", summary["message"])
+    assert "SYNTH^" not in text and not re.search(r"P\d{5}", text)  # no name, no original patient id
+    assert not re.search(r"P\d{5}", summary["message"]) and "mf-" not in summary["message"]
 
 
-def test_files_are_complete_readable_and_named_by_hash(ingested, expected):
+def test_files_are_complete_readable_and_named_by_hash(ingested, expected, indexed_cohort):
     cohort = load_cohort(ingested[0])
     table = cohort.table.set_index("study_id")
-    for key, count in expected.slices.items():
-        assert len(list((cohort.root / table.loc[key, "ct_path"]).glob("*.dcm"))) == count
+    keys = expected.keys(ingested[0])
+    for uid, count in expected.slices.items():
+        folder = cohort.root / table.loc[keys[uid], "ct_path"]
+        assert len(list(folder.glob("*.dcm"))) == count
+        # The de-identified slices still form one series, read as the volume the original slices make.
+        original = READERS[Modality.CT](indexed_cohort.manifest.parent / expected.rows[uid]["ct_path"])
+        volume = READERS[Modality.CT](folder)
+        assert np.array_equal(volume.array, original.array) and np.allclose(volume.affine, original.affine)
     for modality in IMAGES:
         cells = table[f"{modality}_path"].dropna()
         assert len(cells) == sum(modality in m for m in expected.modalities.values())
@@ -151,12 +180,38 @@ def test_files_are_complete_readable_and_named_by_hash(ingested, expected):
     assert not list((cohort.root / "dicomweb").rglob(".*.partial"))
 
 
+def test_no_original_identifier_reaches_the_disk(ingested, indexed_cohort):
+    """Every byte of every stored file and of the manifest, scanned for what the server's headers held."""
+    cohort = load_cohort(ingested[0])
+    originals, births = set(), set()
+    for path in (indexed_cohort.root / "data").rglob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        originals |= {ds.PatientID, str(ds.PatientName), ds.AccessionNumber, ds.StudyID, ds.InstitutionName,
+                      ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID}
+        births.add(ds.PatientBirthDate)
+    stored = [p for p in (cohort.root / "dicomweb").rglob("*") if p.is_file()]
+    assert stored and all(len(v) >= 6 for v in originals)
+    for path in [*stored, cohort.manifest_path]:
+        data = path.read_bytes()
+        found = [v for v in originals | births if v.encode() in data]
+        assert not found, f"{path.name}: {found}"
+    for path in stored:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert ds.PatientIdentityRemoved == "YES" and ds.PatientBirthDate == "" and ds.PatientID.startswith("mf-")
+        assert not [e for e in ds.iterall() if e.tag.is_private]
+    key_file = deid_key_location(cohort.manifest_path)  # beside the storage, owner-only, never inside it
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+    secret = key_file.read_text().strip().encode()
+    assert not any(secret in p.read_bytes() for p in [*stored, cohort.manifest_path])
+
+
 def test_index_gains_the_studies(ingested, expected):
-    _, index_dir, before, summary = ingested
+    cohort, index_dir, before, summary = ingested
     index = CaseIndex.load(index_dir)
     images = sum(len(m) for m in expected.modalities.values())
     assert summary["index"]["added"] == images == len(index) - before
-    assert {(key, str(m)) for key, ms in expected.modalities.items() for m in ms} <= index.keys()
+    keys = expected.keys(cohort)
+    assert {(keys[uid], str(m)) for uid, ms in expected.modalities.items() for m in ms} <= index.keys()
 
 
 def test_rerun_retrieves_and_adds_nothing(ingested, orthanc):
@@ -177,7 +232,8 @@ def test_rerun_retrieves_and_adds_nothing(ingested, orthanc):
 def test_qido_filter_limits_what_is_ingested(tmp_path, indexed_cohort, orthanc, expected, filters, wanted):
     cohort = new_cohort(tmp_path, indexed_cohort, header=False)  # the manifest is created from the YAML
     summary = ingest_dicomweb(orthanc.dicomweb, cohort, filters=filters)
-    keys = {k for k, demo in expected.rows.items() if wanted(demo, expected.modalities[k])}
+    study_keys = expected.keys(cohort)
+    keys = {study_keys[uid] for uid, demo in expected.rows.items() if wanted(demo, expected.modalities[uid])}
     assert keys and len(keys) < len(expected.rows)
     assert set(load_cohort(cohort).table["study_id"]) == keys and summary["ingested"] == len(keys)
 
@@ -188,6 +244,28 @@ def test_limit_then_resume(tmp_path, indexed_cohort, orthanc, expected):
     rest = ingest_dicomweb(orthanc.dicomweb, cohort)
     assert (rest["already_present"], rest["ingested"]) == (2, len(expected.rows) - 2)
     assert len(load_cohort(cohort).table) == len(expected.rows)
+
+
+def test_burned_in_annotation_is_refused_unless_allowed(tmp_path, indexed_cohort, orthanc, monkeypatch):
+    cohort = new_cohort(tmp_path, indexed_cohort)
+    real, flagged = dw._retrieve, []
+
+    def first_study_burned_in(client, url, study_uid, key, series):
+        instances = real(client, url, study_uid, key, series)
+        if not flagged or flagged[0] == key:
+            flagged[:1] = [key]
+            for ds in instances:
+                ds.BurnedInAnnotation = "YES"
+        return instances
+
+    monkeypatch.setattr(dw, "_retrieve", first_study_burned_in)
+    refused = ingest_dicomweb(orthanc.dicomweb, cohort, limit=1)
+    assert refused["refused_burned_in"] >= 1 and "BurnedInAnnotation YES" in refused["message"]
+    table = load_cohort(cohort).table
+    assert flagged[0] not in set(table["study_id"]) and len(table) == 1  # the next study filled the limit
+    assert not list((tmp_path / "data" / "dicomweb").glob(f"*/{flagged[0]}"))  # nothing of it written
+    allowed = ingest_dicomweb(orthanc.dicomweb, cohort, limit=1, allow_burned_in=True)
+    assert allowed["refused_burned_in"] == 0 and flagged[0] in set(load_cohort(cohort).table["study_id"])
 
 
 def test_failure_keeps_finished_studies_and_a_valid_manifest(tmp_path, indexed_cohort, orthanc, monkeypatch):

@@ -207,3 +207,121 @@ def test_apply_inclusion_rules_works_on_any_table():
     kept, exclusions = apply_inclusion_rules(table, [InclusionRule(name="big", rule="x > 1")], patient_column="pid")
     assert kept["x"].tolist() == [2, 3]
     assert exclusions == (Exclusion("big", "x > 1", 1, 0, 2, 2),)
+
+
+# -- manifest problems: one line each, naming the file, the key, the line and the value ----------------
+
+
+def set_cell(row, column, value):
+    def change(table):
+        table[column] = table[column].astype(object)
+        table.loc[row, column] = value
+        return table
+    return change
+
+
+def write_changed_cohort(tmp_path, change, **extra):
+    path = write_cohort(tmp_path, **extra)
+    table = pd.read_csv(tmp_path / "manifest.csv", dtype={"patient_id": str, "study_id": str})
+    change(table).to_csv(tmp_path / "manifest.csv", index=False)
+    return path
+
+
+@pytest.mark.parametrize(("change", "extra", "key", "reason"), [
+    (set_cell(2, "finding", "maybe"), {}, "labels",
+     "manifest manifest.csv line 4 (study 'S3'): column 'finding' holds 'maybe'; labels must be 0, 1 or empty"),
+    (set_cell(0, "finding", 2), {}, "labels",
+     "manifest manifest.csv line 2 (study 'S1'): column 'finding' holds '2'; labels must be 0, 1 or empty"),
+    (set_cell(4, "finding", -1), {}, "labels",
+     "manifest manifest.csv line 6 (study 'S5'): column 'finding' holds '-1'; labels must be 0, 1 or empty"),
+    (set_cell(1, "age", "sixty"), {}, "metadata",
+     "manifest manifest.csv line 3 (study 'S2'): column 'age' holds 'sixty'; age must be a number of years >= 0 "
+     "or empty (rename the column if it holds something else)"),
+    (set_cell(1, "age", -4), {}, "metadata",
+     "manifest manifest.csv line 3 (study 'S2'): column 'age' holds '-4.0'; age must be a number of years >= 0 "
+     "or empty (rename the column if it holds something else)"),
+    (set_cell(4, "study_id", "S3"), {}, "study_column",
+     "study id 'S3' appears twice in manifest manifest.csv (line 4 and line 6)"),
+    (set_cell(1, "study_id", None), {}, "study_column",
+     "manifest manifest.csv line 3: study_id is empty; every study needs one"),
+    (set_cell(3, "patient_id", None), {}, "patient_column",
+     "manifest manifest.csv line 5 (study 'S4'): patient_id is empty; every study needs one"),
+    (lambda t: t, {"labels": ["finding", "effusion"]}, "labels",
+     "column(s) ['effusion'] not in manifest manifest.csv"),
+    (lambda t: t, {"modalities": {"cxr": "cxr_file"}}, "modalities.cxr",
+     "column(s) ['cxr_file'] not in manifest manifest.csv"),
+    (lambda t: t, {"metadata": ["site", "age", "device"]}, "metadata",
+     "column(s) ['device'] not in manifest manifest.csv"),
+    (lambda t: t, {"split": {"external": {"column": "scanner", "values": ["x"]}}}, "split.external.column",
+     "column(s) ['scanner'] not in manifest manifest.csv"),
+    (lambda t: t.assign(study_date=["2020-01-05", "2021-03-01", "last May", None, "2022-07-30"]),
+     {"split": {"strategy": "time", "column": "study_date", "cutoffs": ["2021-01-01", "2022-01-01"]}},
+     "split.column", "manifest manifest.csv line 4 (study 'S3'): column 'study_date' holds 'last May', "
+                     "not a date (YYYY-MM-DD)"),
+])
+def test_each_manifest_problem_is_one_line_naming_file_key_row_and_value(tmp_path, change, extra, key, reason):
+    path = write_changed_cohort(tmp_path, change, **extra)
+    with pytest.raises(ConfigError) as err:
+        load_cohort(path)
+    assert str(err.value) == f"{path}: {key}: {reason}"
+    assert err.value.key == key
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    ("patient_id,study_id,finding,finding\nP1,S1,0,1\n",
+     "manifest manifest.csv: column(s) ['finding'] appear more than once in the header"),
+    ("patient_id,study_id\nP1,S1\nP2,S2,extra\n", "manifest manifest.csv: not a readable CSV file (Error tokenizing "
+                                                  "data. C error: Expected 2 fields in line 3, saw 3)"),
+    ("", "manifest manifest.csv: not a readable CSV file (No columns to parse from file)"),
+])
+def test_an_unreadable_manifest_is_one_line(tmp_path, content, reason):
+    path = write_cohort(tmp_path)
+    (tmp_path / "manifest.csv").write_text(content)
+    with pytest.raises(ConfigError) as err:
+        load_cohort(path)
+    assert str(err.value) == f"{path}: manifest: {reason}"
+
+
+def test_a_missing_manifest_file_names_the_key(tmp_path):
+    path = write_cohort(tmp_path, manifest="elsewhere/manifest.csv")
+    with pytest.raises(ConfigError) as err:
+        load_cohort(path)
+    assert str(err.value) == f"{path}: manifest: file not found: elsewhere/manifest.csv"
+
+
+def test_a_parquet_manifest_names_rows_not_lines(tmp_path):
+    path = write_changed_cohort(tmp_path, set_cell(2, "finding", "maybe"), manifest="manifest.parquet")
+    pd.read_csv(tmp_path / "manifest.csv", dtype=str).to_parquet(tmp_path / "manifest.parquet", index=False)
+    with pytest.raises(ConfigError) as err:
+        load_cohort(path)
+    assert str(err.value) == (f"{path}: labels: manifest manifest.parquet row 3 (study 'S3'): column 'finding' "
+                              "holds 'maybe'; labels must be 0, 1 or empty")
+
+
+@pytest.mark.parametrize("values", [[1.0, None, 0.0, 1.0, 0.0], [True, False, False, True, True]])
+def test_labels_may_be_empty_float_or_boolean(tmp_path, values):
+    path = write_changed_cohort(tmp_path, lambda t: t.assign(finding=values))
+    assert len(load_cohort(path).table) == 5
+
+
+def test_missing_files_are_checked_only_when_asked(tmp_path):
+    path = write_cohort(tmp_path, modalities={"cxr": "cxr_path", "ecg": "ecg_path"}, include="age > 40")
+    table = pd.read_csv(tmp_path / "manifest.csv")
+    table.assign(ecg_path=["ecg/1", None, "ecg/3", None, "ecg/5"]).to_csv(tmp_path / "manifest.csv", index=False)
+    assert len(load_cohort(path).table) == 3  # the readers report a missing file when a study is read
+    for name in ("b.dcm", "c.dcm", "e.dcm"):  # the rows age > 40 keeps: S2, S3, S5
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "ecg").mkdir()
+    (tmp_path / "ecg/3.hea").write_text("3 12 500 5000\n")  # a WFDB record is its header
+    with pytest.raises(ConfigError) as err:
+        load_cohort(path, check_files=True)
+    assert str(err.value) == f"{path}: modalities.ecg: study 'S5': file not found: ecg/5 (under {tmp_path})"
+    (tmp_path / "ecg/5.hea").write_text("5 12 500 5000\n")
+    assert len(load_cohort(path, check_files=True).table) == 3
+
+
+def test_a_spreadsheets_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    path = write_cohort(tmp_path)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    assert load_cohort(path).table.columns[0] == "patient_id"

@@ -120,3 +120,20 @@ def test_findings_must_name_labels_of_image_modalities(tmp_path):
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(MedfmError, match="lung_mass"):
         load_cohort(tmp_path / "c.yaml", require_manifest=False)
+
+
+def test_every_case_records_its_cohort(indexed_cohort):
+    index = CaseIndex.load(indexed_cohort.index)
+    assert {case.cohort for case in (index.case(i) for i, in index.db.execute("SELECT id FROM cases"))} == {"demo"}
+    assert index.info["cohorts"] == ["demo"]
+
+
+def test_a_second_cohort_reusing_study_ids_is_refused_not_skipped(indexed_cohort, tmp_path):
+    index_dir = tmp_path / "index"
+    shutil.copytree(indexed_cohort.index, index_dir)
+    other = indexed_cohort.cohort.read_text().replace("name: demo\n", "name: other\n", 1)
+    (tmp_path / "other.yaml").write_text(other.replace("manifest: data/manifest.csv",
+                                                       f"manifest: {indexed_cohort.manifest}"))
+    with pytest.raises(MedfmError, match="already in the index under another cohort"):
+        update_index(index_dir, indexed_cohort.model, tmp_path / "other.yaml")
+    assert len(CaseIndex.load(index_dir)) == len(CaseIndex.load(indexed_cohort.index))

@@ -112,3 +112,81 @@ def test_unfiltered_exact_search_scans_with_blas_and_agrees_with_faiss_after_rem
     assert [h.id for h in index.search(queries[0], k=10)] == faiss_ids[0].tolist()
     everything = index._scan(queries[:1], 10_000)[1][0]
     assert len(everything) == len(index) and len(set(everything.tolist())) == len(index)
+
+
+# -- cohorts ---------------------------------------------------------------------------------------
+
+
+def in_cohorts(n):
+    """``cases(n)`` split into two cohorts: even-numbered cases are cohort ``b``."""
+    return [Case(**{**c.__dict__, "cohort": "b" if i % 2 == 0 else "a"}) for i, c in enumerate(cases(n))]
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf", "hnsw"])
+def test_a_cohort_filter_keeps_k_results_when_another_cohort_holds_closer_cases(kind):
+    vectors, meta = clustered(300), in_cohorts(300)
+    index = CaseIndex.build(vectors, meta, IndexConfig(kind=kind, nprobe=64))
+    query = vectors[0]  # a case of cohort b: its own cohort holds the closest case, itself
+    assert index.search(query, k=1)[0].case.cohort == "b"
+    allowed = [i for i, c in enumerate(meta) if c.cohort == "a"]
+    hits = index.search(query, k=10, cohorts=["a"])
+    assert len(hits) == 10 and {h.case.cohort for h in hits} == {"a"}
+    assert [h.case.study_id for h in hits] == [f"S{i}" for i in brute_force(vectors, query, allowed)[:10]]
+    assert index.search(query, k=10, cohorts=[]) == [] and index.search(query, k=10, cohorts=["nowhere"]) == []
+    assert [h.id for h in index.search(query, k=10, cohorts={"a", "b"})] == [h.id for h in index.search(query, k=10)]
+    assert index.counts() == {(c, m): sum(1 for x in meta if (x.cohort, x.modality) == (c, m))
+                              for c in "ab" for m in ("cxr", "ecg")}
+
+
+def as_format_1(directory, cohorts: list[str]) -> None:
+    """Rewrite a saved index as format 1 wrote it: no cohort column, the cohorts only in ``info``."""
+    import json
+    import sqlite3
+
+    from medfm.atomic import sha256_file
+
+    version = directory / (directory / "CURRENT").read_text().strip()
+    with sqlite3.connect(version / "cases.sqlite") as db:
+        db.execute("ALTER TABLE cases DROP COLUMN cohort")
+    db.close()
+    meta = json.loads((version / "index.json").read_text())
+    meta["format"], meta["info"] = "medfm-index/1", {**meta["info"], "cohorts": cohorts}
+    meta["files"]["cases.sqlite"] = sha256_file(version / "cases.sqlite")
+    (version / "index.json").write_text(json.dumps(meta))
+
+
+def test_a_format_1_index_of_one_cohort_is_upgraded_and_one_of_several_is_refused_naming_the_rebuild(tmp_path):
+    vectors, meta = clustered(60), cases(60)
+    index = CaseIndex.build(vectors, meta)
+    index.info = {"model": "/ckpt/tiny", "cohorts": ["demo"]}
+    index.save(tmp_path / "one")
+    as_format_1(tmp_path / "one", ["demo"])
+    upgraded = CaseIndex.load(tmp_path / "one")
+    assert {upgraded.case(i).cohort for i in range(60)} == {"demo"}
+    assert len(upgraded.search(vectors[3], k=5, cohorts=["demo"])) == 5
+    saved = upgraded.save(tmp_path / "one")
+    assert '"format": "medfm-index/2"' in (saved / "index.json").read_text()
+    assert CaseIndex.load(tmp_path / "one").case(0).cohort == "demo"
+
+    index.save(tmp_path / "two")
+    as_format_1(tmp_path / "two", ["demo", "site_b"])
+    with pytest.raises(IndexFileError, match="demo, site_b") as caught:
+        CaseIndex.load(tmp_path / "two")
+    assert "medfm index build --fresh --model /ckpt/tiny" in str(caught.value)
+    assert "medfm index add" in str(caught.value)
+
+
+@pytest.mark.parametrize("files", [{}, None, {"vectors.faiss": "0" * 64}])
+def test_an_index_whose_record_lacks_a_file_hash_is_refused(tmp_path, files):
+    import json
+
+    CaseIndex.build(clustered(30), cases(30)).save(tmp_path)
+    meta_path = next(tmp_path.glob("v-*")) / "index.json"
+    meta = json.loads(meta_path.read_text())
+    if files is None:
+        del meta["files"]
+    else:
+        meta["files"] = files
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(IndexFileError, match="does not record the SHA-256"):
+        CaseIndex.load(tmp_path)

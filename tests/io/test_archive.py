@@ -69,3 +69,25 @@ def test_not_a_zip(tmp_path):
     (tmp_path / "x.zip").write_bytes(b"not a zip")
     with pytest.raises(ArchiveError, match="not a readable zip"):
         extract_zip(tmp_path / "x.zip", tmp_path)
+
+
+# Damaged archives (found by evaluation/bench/fuzz_readers.py): ArchiveError, not zlib/zipfile internals.
+def test_damaged_archives_are_archive_errors(tmp_path):
+    import random
+
+    payload = bytes(random.Random(0).choices(b"abcdefgh", k=20000))
+    good = make_zip(tmp_path / "good.zip", {"a.dcm": payload}).read_bytes()
+    data_start = good.index(b"a.dcm") + len("a.dcm")  # the local header's name, then the deflate stream
+    deflate_broken = bytearray(good)
+    deflate_broken[data_start + 3] ^= 0xFF
+    version_7 = bytearray(good)
+    central = good.index(b"PK\x01\x02")
+    version_7[central + 6] = 70  # "version needed to extract": 7.0
+    encrypted = bytearray(good)
+    for header, flag_at in ((good.index(b"PK\x03\x04"), 6), (central, 8)):
+        encrypted[header + flag_at] |= 1  # general purpose flag bit 0: encrypted
+    for name, data in (("deflate.zip", deflate_broken), ("version.zip", version_7), ("encrypted.zip", encrypted)):
+        (tmp_path / name).write_bytes(bytes(data))
+        (tmp_path / name.replace(".zip", "")).mkdir()
+        with pytest.raises(ArchiveError):
+            extract_zip(tmp_path / name, tmp_path / name.replace(".zip", ""))

@@ -255,3 +255,137 @@ def test_real_corrupt_or_pixel_less_files(realdata, name):
 def test_real_monochrome1_matches_radiograph_reader(realdata):
     path = realdata / "cxr/txv_Fake_MONOHR1.dcm"
     assert np.array_equal(read_dicom_image(path).array, read_radiograph(path).array)
+
+
+# Hostile headers (found by evaluation/bench/fuzz_readers.py): a typed error naming the field, never
+# a ValueError/TypeError/AttributeError from deep inside, never an allocation of the declared size.
+def rewrite(path, monkeypatch, **elements):
+    """Rewrite ``path`` with each keyword set to ``(VR, value)`` (a wrong VR is fine), unvalidated."""
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import DataElement
+
+    monkeypatch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE)
+    ds = pydicom.dcmread(path)
+    for keyword, (vr, value) in elements.items():
+        tag = tag_for_keyword(keyword)
+        ds[tag] = DataElement(tag, vr, value)
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize(("keyword", "vr", "value"), [
+    ("Rows", "LO", "abc"), ("NumberOfFrames", "LO", "abc"), ("BitsAllocated", "CS", "SIXTEEN"),
+    ("PixelSpacing", "LO", "abc\\def"), ("ImagePositionPatient", "LO", "a\\b\\c"), ("RescaleSlope", "LO", "slope"),
+    ("PerFrameFunctionalGroupsSequence", "LO", "groups"), ("RescaleSlope", "DS", "nan"),
+    ("ImageOrientationPatient", "DS", ["nan", 0, 0, 0, 1, 0]), ("DoseGridScaling", "DS", "nan"),
+    ("ImageOrientationPatient", "DS", [0, 0, 0, 0, 0, 0]),
+])
+def test_header_values_of_a_wrong_type_or_not_finite_are_typed_errors(tmp_path, monkeypatch, keyword, vr, value):
+    from medfm.io import inspect_path
+
+    path = rewrite(write_dicom(tmp_path / "x.dcm", np.ones((4, 4), np.uint16)), monkeypatch, **{keyword: (vr, value)})
+    for read in (read_dicom_image, inspect_path):
+        with pytest.raises(CorruptFileError, match=keyword):
+            read(path)
+
+
+def test_radiograph_reader_types_its_header_errors(tmp_path, monkeypatch):
+    path = write_dicom(tmp_path / "x.dcm", np.ones((4, 4), np.uint16), PixelSpacing=[0.2, 0.2])
+    with pytest.raises(CorruptFileError, match="SamplesPerPixel"):
+        read_radiograph(rewrite(path, monkeypatch, SamplesPerPixel=("LO", "x")))
+    path = write_dicom(tmp_path / "y.dcm", np.ones((4, 4), np.uint16), PixelSpacing=["nan", "1"])
+    with pytest.raises(CorruptFileError, match="PixelSpacing is not finite"):
+        read_radiograph(path)
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"NumberOfFrames": ("US", 65535)}, "PixelData holds 32 bytes"),
+    ({"Rows": ("US", 65535), "Columns": ("US", 65535), "NumberOfFrames": ("IS", "10000")}, "cap"),
+    ({"Rows": ("US", 0)}, "Rows is 0"),
+    ({"BitsAllocated": ("US", 64)}, "PixelData holds 32 bytes"),
+])
+def test_absurd_sizes_are_refused_before_anything_is_decoded(tmp_path, monkeypatch, fields, reason):
+    path = rewrite(write_dicom(tmp_path / "x.dcm", np.ones((4, 4), np.uint16)), monkeypatch, **fields)
+    with pytest.raises(CorruptFileError, match=reason) as err:
+        read_dicom_image(path)
+    assert not isinstance(err.value.__context__, MemoryError)
+
+
+def test_compressed_frames_without_fragments_are_refused(tmp_path, monkeypatch):
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(write_dicom(tmp_path / "x.dcm", np.ones((8, 8), np.uint16)))
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    ds.save_as(tmp_path / "rle.dcm")
+    path = rewrite(tmp_path / "rle.dcm", monkeypatch, NumberOfFrames=("IS", "500"))
+    with pytest.raises(CorruptFileError, match="declares 500 frames but the encapsulated PixelData holds 2 items"):
+        read_dicom_image(path)
+
+
+def test_a_corrupt_length_field_is_never_allocated(tmp_path):
+    import tracemalloc
+
+    path = write_dicom(tmp_path / "x.dcm", np.ones((64, 64), np.uint16), ICCProfile=bytes(16))
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x28\x00\x00\x20OB\x00\x00") + 8  # ICCProfile's 4-byte length, before PixelData
+    data[at:at + 4] = (0x7FFFFFF0).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptFileError):
+            read_dicom_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024**2
+
+
+def test_parser_failures_are_typed_errors(tmp_path):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    pixels = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    unknown_vr = write_dicom(tmp_path / "vr.dcm", pixels, PixelSpacing=[0.2, 0.2])
+    unknown_vr.write_bytes(unknown_vr.read_bytes().replace(b"\x02\x00\x10\x00UI", b"\x02\x00\x10\x00U\xbb"))
+    odd_length = write_dicom(tmp_path / "odd.dcm", pixels, PixelSpacing=[0.2, 0.2])  # 3 bytes for a US value
+    odd_length.write_bytes(odd_length.read_bytes().replace(b"\x28\x00\x02\x00US\x02\x00\x01\x00",
+                                                           b"\x28\x00\x02\x00US\x03\x00\x01\x00\x00"))
+    ds = pydicom.dcmread(write_dicom(tmp_path / "d.dcm", pixels, PixelSpacing=[0.2, 0.2]))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "d.dcm")
+    deflated = tmp_path / "d.dcm"
+    deflated.write_bytes(deflated.read_bytes()[:-500])
+    for path in (unknown_vr, odd_length, deflated):
+        for read in (read_dicom_image, read_radiograph):
+            with pytest.raises(CorruptFileError, match="header is corrupt or truncated"):
+                read(path)
+
+
+def test_palette_colour_without_a_palette_and_per_frame_groups_of_the_wrong_count(tmp_path):
+    from pydicom.sequence import Sequence
+
+    path = write_dicom(tmp_path / "p.dcm", np.ones((4, 4), np.uint8), bits=8, photometric="PALETTE COLOR")
+    with pytest.raises(CorruptFileError, match="PALETTE COLOR without a usable palette"):
+        read_dicom_image(path)
+    groups = Sequence([Dataset()])
+    path = write_dicom(tmp_path / "f.dcm", np.ones((3, 4, 4), np.uint16), PerFrameFunctionalGroupsSequence=groups)
+    with pytest.raises(CorruptFileError, match="PerFrameFunctionalGroupsSequence has 1 items for 3 frames"):
+        read_dicom_image(path)
+
+
+def test_series_slice_with_a_position_that_is_not_finite(tmp_path, monkeypatch):
+    from medfm.io import inspect_path
+
+    folder = write_series(tmp_path / "s", [0.0, 1.0, 2.0])
+    rewrite(sorted(folder.iterdir())[1], monkeypatch, ImagePositionPatient=("DS", ["nan", "0", "0"]))
+    for read in (read_dicom_series, inspect_path):
+        with pytest.raises(CorruptFileError, match="ImagePositionPatient is not finite"):
+            read(folder)
+
+
+def test_rle_decoder_panic_is_a_typed_error(realdata, tmp_path):
+    """One flipped byte in an RLE segment makes pylibjpeg-rle panic (a pyo3 BaseException, not an Exception)."""
+    data = bytearray((realdata / "dicom_misc/fodicom_D_CLUNIE_CT1_RLE_FRAGS.dcm").read_bytes())
+    data[53728] = 198
+    (tmp_path / "rle.dcm").write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match="pixel data could not be decoded"):
+        read_dicom_image(tmp_path / "rle.dcm")

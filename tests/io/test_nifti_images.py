@@ -1,13 +1,18 @@
 """NIfTI volumes and PNG/JPEG/TIFF/GIF photographs."""
 
 import gzip
+import io
+import struct
+import tracemalloc
+import zlib
 
 import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from medfm.io import CorruptFileError, EmptyFileError, UnsupportedFormatError, read_nifti, read_photo
+from medfm.errors import MedfmReadError
+from medfm.io import CorruptFileError, EmptyFileError, UnsupportedFormatError, inspect_path, read_nifti, read_photo
 
 RAS_AFFINE = np.array([[0.0, -1.5, 0.0, 30.0], [2.0, 0.0, 0.0, -12.0], [0.0, 0.0, 3.0, 7.5], [0, 0, 0, 1]])
 
@@ -98,3 +103,122 @@ def test_real_photos(realdata, relpath, shape, grey_as_rgb):
     image = read_photo(realdata / relpath)
     assert image.array.shape == shape and image.meta["grey_as_rgb"] is grey_as_rgb
     assert 0 <= image.array.min() < image.array.max() <= 255
+
+
+# Hostile files (found by evaluation/bench/fuzz_readers.py): a typed error, never a nibabel/zlib/Pillow
+# exception, and never an allocation of the size a header declares.
+def nifti_with(tmp_path, name, shape=(5, 6, 7), **fields):
+    """A small NIfTI-1 file whose header ``fields`` are then overwritten as given (nothing validated)."""
+    data = np.random.default_rng(0).integers(0, 16, shape).astype(np.int16)
+    img = nib.Nifti1Image(data, RAS_AFFINE)
+    nib.save(img, tmp_path / "v.nii")
+    raw = (tmp_path / "v.nii").read_bytes()
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(raw), check=False)
+    for key, value in fields.items():
+        header[key] = value
+    raw = header.binaryblock + raw[348:]
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+    return path
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"vox_offset": -1000.0}, "header could not be parsed"),
+    ({"datatype": 4096}, "header could not be parsed"),
+    ({"datatype": 1536, "bitpix": 128}, "header could not be parsed"),
+    ({"scl_slope": 2.0, "scl_inter": float("nan")}, "Valid slope but invalid intercept"),
+    ({"scl_slope": 3e38}, "infinite values"),
+    ({"dim": [3, -5, 6, 7, 1, 1, 1, 1]}, "every one must be positive"),
+    ({"dim": [3, 5, 0, 7, 1, 1, 1, 1]}, "every one must be positive"),
+    ({"dim": [0, 5, 6, 7, 1, 1, 1, 1]}, "every one must be positive"),
+    ({"dim": [3, 5, 6, 70, 1, 1, 1, 1]}, "truncated"),
+    ({"datatype": 128, "bitpix": 24}, "only integer and real voxels"),
+    ({"srow_x": [0.0] * 4, "srow_y": [0.0] * 4, "srow_z": [0.0] * 4, "sform_code": 1}, "zero or infinite length"),
+])
+def test_nifti_hostile_headers_are_typed_errors(tmp_path, fields, reason):
+    path = nifti_with(tmp_path, "v.nii", **fields)
+    for read in (read_nifti, inspect_path):
+        with pytest.raises(MedfmReadError, match=reason):
+            read(path)
+
+
+def test_nifti2_affine_whose_voxel_size_overflows(tmp_path):
+    affine = np.eye(4)
+    affine[:2, 0] = 1e308  # finite entries, infinite column length
+    nib.save(nib.Nifti2Image(np.zeros((2, 3, 4), dtype=np.int16), affine), tmp_path / "v.nii")
+    with pytest.raises(CorruptFileError, match="zero or infinite length"):
+        read_nifti(tmp_path / "v.nii")
+
+
+def test_nifti_gzip_declaring_more_than_it_can_expand_to_is_refused_unread(tmp_path):
+    path = nifti_with(tmp_path, "v.nii.gz", dim=[3, 1024, 1024, 100, 1, 1, 1, 1])  # 200 MiB in a ~1 KiB file
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptFileError, match="cannot expand to that"):
+            read_nifti(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024**2
+
+
+@pytest.mark.parametrize("name", ["v.nii", "v.nii.gz"])
+def test_nifti_extension_claiming_2_gib_is_refused_unread(tmp_path, name):
+    path = nifti_with(tmp_path, "v.nii", vox_offset=4096.0)  # room for extensions before the data
+    raw = bytearray(path.read_bytes())
+    raw[348:360] = struct.pack("<4Bii", 1, 0, 0, 0, 2**31 - 16, 6)  # extension flag, then esize and ecode
+    (tmp_path / name).write_bytes(gzip.compress(bytes(raw)) if name.endswith(".gz") else bytes(raw))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptFileError, match="header extension of 2147483632 bytes"):
+            read_nifti(tmp_path / name)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024**2
+
+
+def test_nifti_gzip_with_a_damaged_deflate_stream(tmp_path):
+    payload = bytearray((nifti_with(tmp_path, "v.nii.gz", shape=(32, 32, 32))).read_bytes())
+    for offset in range(20, len(payload)):  # the first flip that breaks the deflate stream, not just its CRC
+        damaged = bytearray(payload)
+        damaged[offset] ^= 0xFF
+        try:
+            zlib.decompress(bytes(damaged), wbits=31)
+        except zlib.error as err:
+            if "incorrect" not in str(err):
+                break
+    (tmp_path / "d.nii.gz").write_bytes(bytes(damaged))
+    for read in (read_nifti, inspect_path):
+        with pytest.raises(CorruptFileError):
+            read(tmp_path / "d.nii.gz")
+
+
+def png_with_ihdr(tmp_path, width, height, idat_length=None):
+    """A valid grey PNG, then its IHDR width/height (CRC fixed) or IDAT length field rewritten."""
+    PILImage.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "g.png")
+    data = bytearray((tmp_path / "g.png").read_bytes())
+    struct.pack_into(">II", data, 16, width, height)
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    if idat_length is not None:
+        struct.pack_into(">I", data, data.index(b"IDAT") - 4, idat_length)
+    (tmp_path / "h.png").write_bytes(bytes(data))
+    return tmp_path / "h.png"
+
+
+@pytest.mark.parametrize(("width", "height"), [(65535, 65535), (2**32 - 1, 8), (10_000, 10_000)])
+def test_png_declaring_absurd_sizes_is_refused_before_decoding(tmp_path, width, height):
+    for read in (read_photo, inspect_path):
+        with pytest.raises(CorruptFileError, match=f"{width}x{height}|decompression-bomb"):
+            read(png_with_ihdr(tmp_path, width, height))
+
+
+def test_png_chunk_length_is_never_allocated(tmp_path):
+    path = png_with_ihdr(tmp_path, 8, 8, idat_length=2**31 - 16)  # Pillow reads the chunk's "rest" at the end
+    tracemalloc.start()
+    try:
+        image = read_photo(path)  # the pixels are all there, so they decode
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert image.array.shape == (1, 8, 8) and peak < 64 * 1024**2

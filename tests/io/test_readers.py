@@ -109,3 +109,55 @@ def test_mit_bih_modified_lead_ii_is_read_as_lead_ii(realdata):
     record = read_ecg(realdata / "ecg_wfdb/mitdb_100/100")
     assert record.fs == 360
     assert [STANDARD_LEADS[i] for i in np.flatnonzero(record.lead_mask)] == ["II", "V5"]
+
+
+# Hostile WFDB headers (found by evaluation/bench/fuzz_readers.py): refused before wfdb allocates
+# what they declare, with a typed error naming the header.
+def write_12_lead_record(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    signals = np.stack([np.sin(np.arange(250) / (k + 2)) for k in range(12)], axis=1)
+    wfdb.wrsamp("rec", fs=250, units=["mV"] * 12, sig_name=list(STANDARD_LEADS), p_signal=signals, fmt=["16"] * 12,
+                adc_gain=[200.0] * 12, baseline=[0] * 12, write_dir=str(folder))
+    return folder / "rec"
+
+
+def edit_header(record, record_field=None, signal_field=None, extra_signal_lines=False):
+    """Set field ``(index, value)`` of the record line and/or of every signal line."""
+    header = record.with_name("rec.hea")
+    lines = header.read_text().splitlines()
+    if extra_signal_lines:  # every signal listed twice: the data hold half the leads the header declares
+        lines += lines[1:]
+        record_field = (1, str(2 * (len(lines) - 1) // 2))
+    for index in range(len(lines)):
+        fields = lines[index].split(" ")
+        change = record_field if index == 0 else signal_field
+        if change is not None:
+            fields[change[0]] = change[1]
+        lines[index] = " ".join(fields)
+    header.write_text("\n".join(lines) + "\n")
+    return record
+
+
+@pytest.mark.parametrize(("edit", "reason"), [
+    ({"record_field": (2, "0")}, "sampling frequency 0"),
+    ({"record_field": (2, "nan")}, "sampling frequency nan"),
+    ({"record_field": (1, "100000000")}, "declares 100000000 signals but describes 12"),
+    ({"signal_field": (1, "16x100000")}, "header declares 250 samples"),
+    ({"extra_signal_lines": True}, "header declares 250 samples per signal"),
+    ({"record_field": (2, "abc")}, "sampling frequency 'abc'"),
+])
+def test_hostile_wfdb_headers_are_refused(tmp_path, edit, reason):
+    from medfm.io import inspect_path
+
+    record = edit_header(write_12_lead_record(tmp_path / "record"), **edit)
+    for read in (read_ecg, lambda path: inspect_path(path.with_name("rec.hea"))):
+        with pytest.raises(MedfmReadError, match=reason) as err:
+            read(record)
+        assert not isinstance(err.value.__context__, MemoryError)
+
+
+def test_wfdb_signals_without_names_are_not_a_crash(tmp_path):
+    (tmp_path / "rec.hea").write_text("rec 1 250 4\nrec.dat 16 200/mV\n")
+    np.zeros(4, dtype="<i2").tofile(tmp_path / "rec.dat")
+    with pytest.raises(MedfmReadError, match="no standard ECG lead"):
+        read_ecg(tmp_path / "rec")

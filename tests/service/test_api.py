@@ -265,3 +265,52 @@ def test_openapi_lists_the_endpoints(client):
     paths = client.get("/api/openapi.json", headers={"Authorization": ""}).json()["paths"]
     assert {"/api/health", "/api/version", "/api/search", "/api/cases/{case_id}",
             "/api/cases/{case_id}/thumbnail"} <= set(paths)
+
+
+# -- hostile headers: small uploads that claim a geometry whose preprocessing would take gigabytes --------
+
+
+def grey_png(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\0" + b"\x80" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_a_photo_whose_padded_square_would_take_gigabytes_422(client):
+    response = upload(client, "strip.png", grey_png(10_000, 2), modality="fundus")  # padded: 10000^2 x 3 floats
+    assert response.status_code == 422 and "MiB a query may use" in response.json()["detail"]
+
+
+def test_a_ct_series_claiming_huge_pixels_422(client, studies):
+    slices = {}
+    for path in sorted(studies["ct"].iterdir()):
+        header = pydicom.dcmread(path)
+        header.PixelSpacing = [400, 400]  # 0.4 m pixels: resampled to the model's grid, over a GiB
+        buffer = io.BytesIO()
+        header.save_as(buffer)
+        slices[f"series/{path.name}"] = buffer.getvalue()
+    response = upload(client, "ct.zip", zipped(slices))
+    assert response.status_code == 422 and "MiB a query may use" in response.json()["detail"]
+
+
+def test_an_ecg_claiming_a_tiny_sampling_rate_422(client, studies):
+    record = studies["ecg"]
+    header = record.with_suffix(".hea").read_text().splitlines()
+    fields = header[0].split()
+    fields[2] = "0.025"  # resampled to the model's rate: 2000x the samples
+    files = {record.name + ".hea": "\n".join([" ".join(fields), *header[1:]]).encode() + b"\n",
+             record.name + ".dat": record.with_suffix(".dat").read_bytes()}
+    response = upload(client, "ecg.zip", zipped(files))
+    assert response.status_code == 422 and "MiB a query may use" in response.json()["detail"]
+
+
+def test_a_zip_inside_the_zip_422(client, studies):
+    inner = zipped({"scan.dcm": studies["cxr"].read_bytes()})
+    response = upload(client, "nested.zip", zipped({"inner.zip": inner}))
+    assert response.status_code == 422 and "another zip" in response.json()["detail"]

@@ -56,6 +56,7 @@ def browser():
 
 def test_upload_a_dicom_and_open_a_similar_case(server_url, browser, studies, case_search):
     page = browser.new_page()
+    page.set_default_timeout(60_000)  # the first search embeds the upload: slow on two busy cores, never wrong
     errors = []
     page.on("pageerror", lambda err: errors.append(str(err)))
     # The page's first request finds out whether the service wants a token: that 401 is expected.

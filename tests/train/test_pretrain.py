@@ -145,17 +145,16 @@ def test_a_loss_with_parameters_is_trained_and_resumed(tmp_path, config, monkeyp
     class Interrupted(Exception):
         pass
 
-    saves, real_save = [], loop.save_train_state
+    real_commit = loop.commit_together
 
-    def save_then_stop(*args, **kwargs):
-        real_save(*args, **kwargs)
-        saves.append(1)
+    def commit_then_stop(*args, **kwargs):
+        real_commit(*args, **kwargs)
         raise Interrupted  # the run dies right after its first complete checkpoint
 
-    monkeypatch.setattr(loop, "save_train_state", save_then_stop)
+    monkeypatch.setattr(loop, "commit_together", commit_then_stop)
     with pytest.raises(Interrupted):
         pretrain(create_model(config, seed=0), toy_samples(), train, tmp_path / "resumed", show_progress=False)
-    monkeypatch.setattr(loop, "save_train_state", real_save)
+    monkeypatch.setattr(loop, "commit_together", real_commit)
     resumed = create_model(config, seed=1)  # every weight must come from the checkpoint
     pretrain(resumed, toy_samples(), train, tmp_path / "resumed", show_progress=False)
 
