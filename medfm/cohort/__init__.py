@@ -1,19 +1,9 @@
 """Cohort definitions → manifests, inclusion rules, splits, leakage checks and descriptions."""
 
 from medfm.cohort.describe import describe_cohort, format_description, write_description
+from medfm.cohort.inclusion import Exclusion, InclusionRule, apply_inclusion, apply_inclusion_rules
 from medfm.cohort.leakage import check_near_duplicate_leakage
-from medfm.cohort.manifest import (
-    Cohort,
-    CohortConfig,
-    Exclusion,
-    ExternalSpec,
-    InclusionRule,
-    SourceSpec,
-    SplitSpec,
-    apply_inclusion,
-    apply_inclusion_rules,
-    load_cohort,
-)
+from medfm.cohort.manifest import Cohort, CohortConfig, ExternalSpec, SourceSpec, SplitSpec, load_cohort
 from medfm.cohort.splits import (
     LeakageError,
     SplitError,

@@ -1,20 +1,23 @@
-"""A cohort YAML names a manifest (or a public dataset to build one from) and says which columns mean what."""
+"""A cohort YAML names a manifest (or a public dataset to build one from) and says which columns mean what.
+
+This module holds the YAML's schema and loading; the checks of the table against it are in
+:mod:`medfm.cohort.checks`, the ``include`` rules in :mod:`medfm.cohort.inclusion`.
+"""
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
-import numpy as np
 import pandas as pd
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from medfm.cohort.adapters import ADAPTERS, create_adapter
+from medfm.cohort.checks import check_manifest, check_manifest_files
+from medfm.cohort.inclusion import Exclusion, InclusionRule, apply_inclusion_rules, keyed_rules
 from medfm.config import Config, load_config, resolve_path
 from medfm.errors import ConfigError, MedfmError
 from medfm.keys import Modality, report_of
@@ -172,23 +175,6 @@ class NearDuplicateSpec(Config):
     max_distance: int = Field(4, ge=0, le=64)
 
 
-class InclusionRule(Config):
-    """One named entry of a cohort's ``include`` list: ``{name: adults, rule: "age >= 18"}``.
-
-    Attributes:
-        rule: an SQL boolean expression over the manifest's columns.
-        name: what the participant flow calls the rule; the expression itself when not given.
-    """
-
-    rule: str
-    name: str = Field("", validate_default=True)
-
-    @field_validator("name")
-    @classmethod
-    def _defaults_to_the_rule(cls, value: str, info: ValidationInfo) -> str:
-        return value or info.data.get("rule", "")
-
-
 class CohortConfig(Config):
     """Schema of ``cohorts/*.yaml``: exactly one of ``manifest`` and ``source`` gives the table."""
 
@@ -239,7 +225,7 @@ class CohortConfig(Config):
     @field_validator("include")
     @classmethod
     def _single_boolean_expressions(cls, value: str | list[str | InclusionRule] | None):
-        for key, rule in _keyed_rules(value):
+        for key, rule in keyed_rules(value):
             if ";" in rule.rule:
                 raise ValueError(f"{key} must be one SQL boolean expression; ';' is not allowed")
             try:
@@ -247,7 +233,7 @@ class CohortConfig(Config):
             except duckdb.Error as err:
                 raise ValueError(f"{key} is not a single SQL expression ({_first_line(err)})") from None
         names: dict[str, str] = {}
-        for key, rule in _keyed_rules(value):
+        for key, rule in keyed_rules(value):
             if rule.name in names:
                 raise ValueError(f"{key}: name {rule.name!r} is already used by {names[rule.name]}")
             names[rule.name] = key
@@ -302,28 +288,6 @@ class CohortConfig(Config):
         if isinstance(columns, dict):
             return [(report_of(image), [column]) for image, column in columns.items()]
         return [(str(modality), list(columns))]
-
-
-@dataclass(frozen=True)
-class Exclusion:
-    """What one inclusion rule removed, counted on the rows the rules before it left.
-
-    Attributes:
-        name: the rule's name (the expression itself when unnamed).
-        rule: the SQL expression.
-        studies_excluded: studies (rows) the rule removed.
-        patients_excluded: patients present before the rule and absent after it (every
-            study they had left was removed); a patient who keeps one study is not counted.
-        studies_remaining: studies left after the rule.
-        patients_remaining: distinct patients left after the rule.
-    """
-
-    name: str
-    rule: str
-    studies_excluded: int
-    patients_excluded: int
-    studies_remaining: int
-    patients_remaining: int
 
 
 @dataclass(frozen=True)
@@ -401,85 +365,6 @@ def load_cohort(path: str | Path, require_manifest: bool = True, check_files: bo
     return cohort
 
 
-def apply_inclusion_rules(
-    table: pd.DataFrame,
-    include: str | Sequence[str | InclusionRule],
-    patient_column: str = "patient_id",
-    source: str | Path | None = None,
-) -> tuple[pd.DataFrame, tuple[Exclusion, ...]]:
-    """Apply inclusion rules in order and count what each one removed.
-
-    Each rule runs as :func:`apply_inclusion` over the rows the rules before it left, so
-    the counts depend on the order (the rows finally kept do not, unless a rule's subquery
-    reads ``manifest``, which is then the remaining rows).
-
-    Args:
-        table: the manifest.
-        include: as the YAML's ``include``: one expression, or a list of expressions and
-            :class:`InclusionRule`.
-        patient_column: the column whose distinct values are patients.
-        source: the cohort file, named in errors.
-
-    Returns:
-        The kept rows (manifest order, original index) and one :class:`Exclusion` per rule.
-
-    Raises:
-        ConfigError: as :func:`apply_inclusion`, with key ``include`` (a single expression)
-            or ``include[i]`` (the i-th rule of a list).
-    """
-    exclusions = []
-    for key, rule in _keyed_rules(include):
-        kept = apply_inclusion(table, rule.rule, source, key=key)
-        patients_before = table[patient_column].nunique()
-        patients_after = kept[patient_column].nunique()  # a subset of those before
-        exclusions.append(Exclusion(rule.name, rule.rule, len(table) - len(kept), patients_before - patients_after,
-                                    len(kept), patients_after))
-        table = kept
-    return table, tuple(exclusions)
-
-
-def apply_inclusion(table: pd.DataFrame, include: str, source: str | Path | None = None,
-                    key: str = "include") -> pd.DataFrame:
-    """Keep the rows of ``table`` for which the SQL boolean expression ``include`` is true.
-
-    The expression is evaluated by DuckDB over the table registered as ``manifest``
-    (``SELECT ... FROM manifest WHERE <include>``), with file access disabled. Rows
-    where it is NULL (e.g. a comparison with a missing value) are excluded, as in SQL.
-
-    Raises:
-        ConfigError: ``include`` is not a boolean expression or DuckDB rejects it
-            (``key`` as the key, DuckDB's message as the reason).
-    """
-    if ";" in include:
-        raise ConfigError(source, key, "one SQL boolean expression expected; ';' is not allowed")
-    row = "__medfm_row"
-    con = duckdb.connect()
-    try:
-        con.register("manifest", table.assign(**{row: np.arange(len(table))}))
-        con.execute("SET enable_external_access = false")  # an include rule reads the manifest, nothing else
-        # Newlines end a trailing ``--`` comment; the validator has already checked one expression.
-        keep = f"(\n{include}\n)"
-        kind = con.execute(f"DESCRIBE SELECT {keep} AS keep FROM manifest").fetchall()[0][1]
-        if kind != "BOOLEAN":
-            raise ConfigError(source, key, f"expression must be boolean, it gives {kind}")
-        rows = con.execute(f"SELECT {row} FROM manifest WHERE {keep} ORDER BY {row}").fetchnumpy()[row]
-    except duckdb.Error as err:
-        raise ConfigError(source, key, _first_line(err)) from None
-    finally:
-        con.close()
-    return table.iloc[np.asarray(rows, dtype=np.int64)]
-
-
-def _keyed_rules(include: str | Sequence[str | InclusionRule] | None) -> list[tuple[str, InclusionRule]]:
-    """``(YAML key, rule)`` per rule: ``include`` for a single expression, ``include[i]`` in a list."""
-    if include is None:
-        return []
-    if isinstance(include, str):
-        return [("include", InclusionRule(rule=include))]
-    return [(f"include[{i}]", rule if isinstance(rule, InclusionRule) else InclusionRule(rule=rule))
-            for i, rule in enumerate(include)]
-
-
 def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0]
 
@@ -538,130 +423,3 @@ def read_manifest(manifest_path: Path, config: CohortConfig, source: Path) -> pd
 
 def _kind(path: Path) -> str:
     return "Parquet file" if path.suffix == ".parquet" else "CSV file"
-
-
-LABEL_VALUES = (0, 1)
-
-
-def check_manifest(table: pd.DataFrame, config: CohortConfig, source: Path, what: str,
-                   first_line: int | None = None) -> pd.DataFrame:
-    """Check a manifest table against its cohort; the first problem becomes a one-line ConfigError.
-
-    Checked: every column the cohort names exists (modalities, labels, metadata, ids, the
-    split's and the near-duplicate check's columns); patient and study ids are non-empty
-    and study ids unique; label values are 0, 1 or empty (NaN: unknown); ``age``, when
-    present, is a number >= 0 or empty (Table 1 reads it as years); the date column of a
-    ``time`` split holds dates or is empty. File paths and other metadata are free text.
-
-    Args:
-        what: the table, as errors name it (``manifest manifest.csv``).
-        first_line: the file line of the first row (2 for a CSV with its header on line 1):
-            errors then say ``line N``; None says ``row N`` (1-based).
-
-    Raises:
-        ConfigError: keyed by the YAML key naming the column (``labels``, ``study_column``,
-            ``modalities.cxr``, ...); the reason names the table, the line or row, the
-            study and the value.
-    """
-    wanted = {"patient_column": [config.patient_column], "study_column": [config.study_column],
-              "labels": config.labels, "metadata": config.metadata}
-    for key in config.modalities:
-        wanted[f"modalities.{key}"] = config.columns_of(key)
-    split = config.split
-    if split.column is not None:
-        wanted["split.column"] = [split.column]
-    if split.external is not None:
-        wanted["split.external.column"] = [split.external.column]
-    if config.near_duplicates is not None:
-        wanted["near_duplicates.column"] = [config.near_duplicates.column]
-    for key, columns in wanted.items():
-        missing = [c for c in columns if c not in table.columns]
-        if missing:
-            raise ConfigError(source, key, f"column(s) {missing} not in {what}")
-
-    def row(position: int) -> str:
-        return f"line {position + first_line}" if first_line is not None else f"row {position + 1}"
-
-    def where(position: int) -> str:
-        study = table[config.study_column].iloc[position]
-        return f"{what} {row(position)}" + ("" if pd.isna(study) else f" (study {study!r})")
-
-    for key in ("patient_column", "study_column"):
-        column = getattr(config, key)
-        empty = _positions(table[column].isna() | (table[column].astype(str).str.strip() == ""))
-        if empty:
-            raise ConfigError(source, key, f"{where(empty[0])}: {column} is empty; every study needs one")
-    repeated = _positions(table[config.study_column].duplicated(keep=False))
-    if repeated:
-        study = table[config.study_column].iloc[repeated[0]]
-        again = next(p for p in repeated[1:] if table[config.study_column].iloc[p] == study)
-        raise ConfigError(source, "study_column", f"study id {study!r} appears twice in {what} "
-                                                  f"({row(repeated[0])} and {row(again)})")
-    for label in config.labels:
-        values = table[label]
-        bad = _positions(values.notna() & ~pd.to_numeric(values, errors="coerce").isin(LABEL_VALUES))
-        if bad:
-            raise ConfigError(source, "labels", f"{where(bad[0])}: column {label!r} holds "
-                                                f"{_shown(values.iloc[bad[0]])}; labels must be 0, 1 or empty")
-    _check_age(table, config, source, where)
-    if split.strategy == "time":
-        with warnings.catch_warnings():  # pandas warns when it cannot infer one format; the NaT says it all
-            warnings.simplefilter("ignore", UserWarning)
-            dates = pd.to_datetime(table[split.column], errors="coerce")
-        bad = _positions(table[split.column].notna() & dates.isna())
-        if bad:
-            raise ConfigError(source, "split.column", f"{where(bad[0])}: column {split.column!r} holds "
-                                                      f"{_shown(table[split.column].iloc[bad[0]])}, not a date "
-                                                      "(YYYY-MM-DD)")
-    return table
-
-
-def _check_age(table: pd.DataFrame, config: CohortConfig, source: Path, where: Callable[[int], str]) -> None:
-    from medfm.cohort.describe import AGE_COLUMN  # describe imports this module
-
-    if AGE_COLUMN not in table.columns:
-        return
-    values = table[AGE_COLUMN]
-    numbers = pd.to_numeric(values, errors="coerce")
-    bad = _positions(values.notna() & (numbers.isna() | (numbers < 0)))
-    if bad:
-        key = "metadata" if AGE_COLUMN in config.metadata else None
-        raise ConfigError(source, key, f"{where(bad[0])}: column {AGE_COLUMN!r} holds {_shown(values.iloc[bad[0]])}; "
-                                       "age must be a number of years >= 0 or empty (rename the column if it "
-                                       "holds something else)")
-
-
-def check_manifest_files(cohort: Cohort) -> None:
-    """Check that every file the cohort's rows name exists (a WFDB record: its ``.hea`` header).
-
-    Raises:
-        ConfigError: keyed by the modality's YAML key, naming the first missing file, its
-            study, and how many others are missing.
-    """
-    config = cohort.config
-    missing: list[tuple[str, str, str]] = []
-    for modality in config.modalities:
-        for column in config.columns_of(modality):
-            for study, value in zip(cohort.table[config.study_column], cohort.table[column], strict=True):
-                if pd.isna(value) or str(value).strip() == "":
-                    continue  # a study without this modality
-                path = cohort.root / str(value)
-                if modality == Modality.ECG:
-                    path = path.with_name(path.name + ".hea")
-                if not path.exists():
-                    missing.append((f"modalities.{modality}", study, str(value)))
-    if missing:
-        key, study, value = missing[0]
-        more = f" ({len(missing) - 1} other file(s) missing too)" if len(missing) > 1 else ""
-        raise ConfigError(cohort.source, key, f"study {study!r}: file not found: {value} "
-                                              f"(under {cohort.root}){more}")
-
-
-def _shown(value: Any) -> str:
-    """A manifest cell as the file shows it, quoted: ``'maybe'``, ``'2'``, never ``np.int64(2)``."""
-    return repr(str(value))
-
-
-def _positions(mask: pd.Series) -> list[int]:
-    """Positions (not index labels) where ``mask`` is true; at most the first few are needed."""
-    return np.flatnonzero(mask.to_numpy(dtype=bool))[:10].tolist()

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from medfm.atomic import write_json_atomic
 from medfm.cohort.manifest import Cohort
 from medfm.data.cache import PreprocessCache, source_files
+from medfm.data.transforms import check_working_size
 from medfm.errors import MedfmReadError
 from medfm.io import (
     Image,
@@ -101,7 +102,8 @@ class CohortDataset(Dataset):
         on_error: ``raise`` stops at the first unreadable file; ``skip`` drops that
             modality from the sample and records the file in :attr:`quarantine`.
         cache: where preprocessed tensors are kept between epochs and runs.
-        specs: per modality, the input spec that keys its cache entries; a modality
+        specs: per modality, the input spec that keys its cache entries and bounds its working
+            size (:func:`~medfm.data.transforms.check_working_size`); a modality
             without a spec is never cached.
     """
 
@@ -146,10 +148,13 @@ class CohortDataset(Dataset):
         return sample, problems
 
     def _load(self, modality: Modality, fn: Preprocess, path: Path) -> Any:
-        def compute() -> Any:
-            return fn(READERS[modality](path))
-
         spec = self.specs.get(modality)
+
+        def compute() -> Any:
+            value = READERS[modality](path)
+            check_working_size(path, spec, value)  # a header claiming absurd geometry is refused, not allocated
+            return fn(value)
+
         if self.cache is None or spec is None:
             return compute()
         sources = source_files(modality, path)

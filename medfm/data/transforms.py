@@ -19,6 +19,7 @@ from scipy.signal import resample_poly
 
 from medfm.errors import MedfmReadError
 from medfm.io.dicom import RadiographImage
+from medfm.io.errors import CorruptFileError
 from medfm.io.images import Image
 from medfm.io.wfdb import ECGRecord
 
@@ -311,3 +312,50 @@ class Mapd:
                 raise KeyError(key)
             out[key] = self.fn(out[key])
         return out
+
+
+# The most one study's preprocessing may allocate. A real study needs far less (a base-config CT of
+# 512 x 512 x 300 resampled to 2 x 1.6 x 1.6 mm is about 25 MB): the cap is there for headers that
+# claim absurd geometry, so one hostile file is refused instead of exhausting the machine's memory.
+MAX_WORKING_BYTES = 512 * 2**20
+
+
+def working_bytes(spec: dict | None, value: Any) -> int:
+    """The largest array the input transform of ``spec`` makes from a read study ``value``.
+
+    The transforms resample to a fixed physical grid, so their working size follows the
+    header (pixel spacing, sampling rate, aspect ratio), not the file's size: a 100 kB
+    radiograph claiming 1 m pixels, or an ECG claiming 0.01 Hz, would ask for tens of GB.
+    Upper bounds, computed as the transforms size their arrays; 0 for a spec without a
+    transform this knows.
+    """
+    transform = (spec or {}).get("transform")
+    array = getattr(value, "array", None)
+    if transform == "radiograph_to_input":
+        target = spec["field_of_view_mm"] / spec["image_size"]
+        height, width = array.shape[-2] * value.spacing[0] / target, array.shape[-1] * value.spacing[1] / target
+        return int(4 * max(height, 1) * max(width, 1))
+    if transform == "fundus_to_input":  # cropped to the field of view, padded to its square: at most the longer side
+        return int(4 * 3 * max(array.shape[-2:]) ** 2)
+    if transform == "volume_to_input":  # the product of extent / target spacing does not depend on the axis order
+        steps = np.linalg.norm(np.asarray(value.affine)[:3, :3], axis=0)
+        extent = np.prod([n * step for n, step in zip(array.shape[-3:], steps, strict=True)])
+        return int(4 * extent / np.prod(spec["spacing_mm"]))
+    if transform == "ecg_to_input":
+        ratio = spec["sample_rate"] / max(float(value.fs), 1e-9)
+        return int(8 * value.signal.shape[0] * value.signal.shape[-1] * max(ratio, 1.0))
+    return 0
+
+
+def check_working_size(path, spec: dict | None, value: Any, max_bytes: int = MAX_WORKING_BYTES) -> None:
+    """Refuse a study whose preprocessing would need over ``max_bytes`` (see :func:`working_bytes`).
+
+    Raises:
+        CorruptFileError: naming the size it would need; the header's spacing, sampling rate or
+            shape is implausible.
+    """
+    needed = working_bytes(spec, value)
+    if needed > max_bytes:
+        raise CorruptFileError(path, f"preprocessing it would need {needed / 2**20:,.0f} MiB, over the "
+                                     f"{max_bytes / 2**20:,.0f} MiB one study may use (implausible pixel spacing, "
+                                     "sampling rate or image shape in its header)")

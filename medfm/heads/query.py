@@ -22,6 +22,7 @@ import pydicom
 import torch
 
 from medfm.data.dataset import READERS
+from medfm.data.transforms import check_working_size
 from medfm.errors import MedfmError, MedfmReadError
 from medfm.heads.cases import THUMBNAILS, IndexMismatchError, checkpoint_fingerprint, patient_key
 from medfm.heads.retrieval import Case, CaseIndex, Hit
@@ -35,10 +36,6 @@ DICOM_MODALITIES = {"CR": Modality.CXR, "DX": Modality.CXR, "OPT": Modality.OCT,
                     "CT": Modality.CT}
 _OCT_VENDOR = ("heidelberg_vol", "zeiss_img", "heidelberg_e2e", "topcon_fds", "topcon_fda")
 _PHOTOS = ("png", "jpeg", "tiff", "gif")
-# The most one query's preprocessing may allocate. A real study needs far less (a base-config
-# CT of 512 x 512 x 300 resampled to 2 x 1.6 x 1.6 mm is about 25 MB): the cap is there for
-# headers that claim absurd geometry.
-MAX_PREPROCESS_BYTES = 512 * 2**20
 
 
 class QueryError(MedfmReadError):
@@ -122,7 +119,7 @@ class CaseSearch:
             raise QueryError(path, f"{modality} query, but this index's model embeds only "
                                    f"{', '.join(self.modalities)}")
         value = read_query_file(modality, path)
-        check_preprocessing_cost(path, self.model.input_spec(modality), value)
+        check_working_size(path, self.model.input_spec(modality), value)
         tensor = self.model.preprocess(modality, value)
         vector = self.model.encode(modality, tensor.unsqueeze(0))[0].numpy()
         pid = dicom_patient_id(path)
@@ -172,45 +169,6 @@ def report_excerpt(report: str | None, length: int = 160) -> str:
         return ""
     text = " ".join(keep_sections(report, ["findings", "impression"]).split())
     return text if len(text) <= length else text[:length - 1].rstrip() + "…"
-
-
-def preprocessing_bytes(spec: dict | None, value) -> int:
-    """The largest array the model's input transform (``spec``) makes from a read study ``value``.
-
-    The transforms resample to a fixed physical grid, so their working size follows the
-    header (pixel spacing, sampling rate, aspect ratio), not the file's size: a 100 kB
-    radiograph claiming 1 m pixels, or an ECG claiming 0.01 Hz, would ask for tens of GB.
-    Upper bounds, computed as the transforms size their arrays.
-    """
-    transform = (spec or {}).get("transform")
-    array = getattr(value, "array", None)
-    if transform == "radiograph_to_input":
-        target = spec["field_of_view_mm"] / spec["image_size"]
-        height, width = array.shape[-2] * value.spacing[0] / target, array.shape[-1] * value.spacing[1] / target
-        return int(4 * max(height, 1) * max(width, 1))
-    if transform == "fundus_to_input":  # cropped to the field of view, padded to its square: at most the longer side
-        return int(4 * 3 * max(array.shape[-2:]) ** 2)
-    if transform == "volume_to_input":  # the product of extent / target spacing does not depend on the axis order
-        steps = np.linalg.norm(np.asarray(value.affine)[:3, :3], axis=0)
-        extent = np.prod([n * step for n, step in zip(array.shape[-3:], steps, strict=True)])
-        return int(4 * extent / np.prod(spec["spacing_mm"]))
-    if transform == "ecg_to_input":
-        ratio = spec["sample_rate"] / max(float(value.fs), 1e-9)
-        return int(8 * value.signal.shape[0] * value.signal.shape[-1] * max(ratio, 1.0))
-    return 0
-
-
-def check_preprocessing_cost(path: Path, spec: dict | None, value, max_bytes: int = MAX_PREPROCESS_BYTES) -> None:
-    """Refuse a study whose preprocessing would need over ``max_bytes`` (see :func:`preprocessing_bytes`).
-
-    Raises:
-        QueryError: naming the size it would need; the header's spacing, sampling rate or shape is implausible.
-    """
-    needed = preprocessing_bytes(spec, value)
-    if needed > max_bytes:
-        raise QueryError(path, f"preprocessing it would need {needed / 2**20:,.0f} MiB, over the "
-                               f"{max_bytes / 2**20:,.0f} MiB a query may use (implausible pixel spacing, "
-                               "sampling rate or image shape in its header)")
 
 
 def modality_of_file(path: str | Path) -> Modality:

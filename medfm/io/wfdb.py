@@ -109,7 +109,10 @@ def read_wfdb_record(record_path: str | Path) -> wfdb.Record:
 
 def _check_declared_size(declared: wfdb.Record, header: Path) -> None:
     fs = declared.fs
-    written = _written_fs(header)  # wfdb reads a sampling frequency it cannot parse as its default, 250 Hz
+    record_line = _record_line(header)
+    # wfdb reads a field it cannot parse as its default (fs 250 Hz, or 1 for "1e300"; no length for "-5"),
+    # so the fields as written are checked, and must be what wfdb understood.
+    written = record_line[2].split("/")[0] if len(record_line) > 2 else None
     if written is not None:
         try:
             fs = float(written)
@@ -117,12 +120,20 @@ def _check_declared_size(declared: wfdb.Record, header: Path) -> None:
             fs = written
     if not (isinstance(fs, int | float) and math.isfinite(fs) and fs > 0):
         raise CorruptFileError(header, f"sampling frequency {fs!r}: must be a positive number of Hz")
-    if not isinstance(declared, wfdb.Record) or not declared.n_sig:
+    if not math.isclose(fs, float(declared.fs), rel_tol=1e-9):
+        raise CorruptFileError(header, f"sampling frequency {written!r}: not a WFDB number (wfdb reads it as "
+                                       f"{declared.fs} Hz)")
+    if len(record_line) > 3 and not record_line[3].isdigit():
+        raise CorruptFileError(header, f"signal length {record_line[3]!r}: must be a whole number of samples")
+    if not isinstance(declared, wfdb.Record):
         return  # multi-segment records are read segment by segment
-    n_sig, sig_len = declared.n_sig, declared.sig_len
+    _check_written_gains(header, len(declared.file_name or []))
+    n_sig, sig_len = declared.n_sig or 0, declared.sig_len
     described = len(declared.file_name or [])
     if described != n_sig:
         raise CorruptFileError(header, f"header declares {n_sig} signals but describes {described}")
+    if not n_sig:
+        return
     if not sig_len:
         return  # no length in the header: wfdb takes it from the signal file's size
     per_frame = [spf or 1 for spf in (declared.samps_per_frame or [1] * n_sig)]
@@ -133,12 +144,16 @@ def _check_declared_size(declared: wfdb.Record, header: Path) -> None:
                                        f"as float64, over the {MAX_SIGNAL_BYTES}-byte cap")
     needed: dict[str, float] = {}
     offsets: dict[str, int] = {}
+    layouts: dict[str, set[tuple[str, int]]] = {}
+    counts: dict[str, int] = {}
     for index, name in enumerate(declared.file_name or []):
         fmt = str((declared.fmt or [None] * n_sig)[index])
         if fmt not in _BYTES_PER_SAMPLE:
             continue
         needed[name] = needed.get(name, 0.0) + sig_len * per_frame[index] * _BYTES_PER_SAMPLE[fmt]
         offsets[name] = max(offsets.get(name, 0), (declared.byte_offset or [None] * n_sig)[index] or 0)
+        layouts.setdefault(name, set()).add((fmt, per_frame[index]))
+        counts[name] = counts.get(name, 0) + 1
     for name, data_bytes in needed.items():
         file = header.parent / name
         if not file.is_file():
@@ -147,12 +162,55 @@ def _check_declared_size(declared: wfdb.Record, header: Path) -> None:
         if offsets[name] + int(data_bytes) > size + 4:  # formats 310/311 may end on a partial group
             raise CorruptFileError(header, f"header declares {sig_len} samples per signal, {int(data_bytes)} bytes "
                                            f"from byte {offsets[name]} of {name}, which has {size} bytes")
+        _check_signal_count(header, name, size - offsets[name], sig_len, counts[name], layouts[name])
 
 
-def _written_fs(header: Path) -> str | None:
-    """The sampling frequency as written on the record line (``fs[/counter[(base)]]``), None if absent."""
+def _check_signal_count(header: Path, name: str, data_size: int, sig_len: int, described: int,
+                        layout: set[tuple[str, int]]) -> None:
+    """Refuse a signal file that holds exactly a whole number of other signals than the header describes.
+
+    A header that lists fewer signals than its data file interleaves (a lead line deleted or
+    a second header edited from the first) reads without error as scrambled leads. Trailing
+    bytes of any other size are tolerated: some writers pad the last block.
+    """
+    if len(layout) != 1:
+        return  # mixed formats in one file: no single per-signal size to count by
+    (fmt, per_frame), = layout
+    per_signal = sig_len * per_frame * _BYTES_PER_SAMPLE[fmt]
+    if per_signal <= 0 or data_size <= described * per_signal + 4:
+        return
+    held = data_size / per_signal
+    if held == int(held) and int(held) != described:
+        raise CorruptFileError(header, f"header describes {described} signal(s) of {sig_len} samples in {name}, "
+                                       f"but its {data_size} data bytes hold exactly {int(held)}: "
+                                       "lead lines missing from the header")
+
+
+def _check_written_gains(header: Path, n_lines: int) -> None:
+    """Each signal line's ADC gain, where written, must be a finite non-zero number.
+
+    wfdb replaces a gain of 0 (WFDB's "uncalibrated"), "nan" or text by its default of 200 units
+    per mV without a word, and reads "1e400" as infinity, which scales the signal to zeros.
+    """
+    lines = [line.split() for line in header.read_text(encoding="latin-1").splitlines()
+             if line.strip() and not line.startswith("#")]
+    for number, fields in enumerate(lines[1:1 + n_lines], start=1):
+        if len(fields) < 3:
+            continue  # no gain written: WFDB's default of 200 per mV applies
+        text = fields[2].split("(")[0].split("/")[0]
+        try:
+            gain = float(text)
+        except ValueError:
+            gain = math.nan
+        if not math.isfinite(gain) or gain == 0:
+            why = "uncalibrated (wfdb would assume 200 per mV)" if gain == 0 else "not a finite number"
+            raise CorruptFileError(header, f"signal {number} ({fields[0]}): ADC gain {text!r}: {why}; "
+                                           "medfm needs signals in physical units")
+
+
+def _record_line(header: Path) -> list[str]:
+    """The fields of the record line (``name[/segments] n_sig [fs[/counter[(base)]] [sig_len ...]]``)."""
     for line in header.read_text(encoding="latin-1").splitlines():
         if line.strip() and not line.startswith("#"):
-            fields = line.split()
-            return fields[2].split("/")[0] if len(fields) > 2 else None
-    return None
+            return line.split()
+    return []

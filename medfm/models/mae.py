@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 from monai.networks.blocks import TransformerBlock
 from pydantic import Field
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from medfm.atomic import write_atomic, write_json_atomic
 from medfm.config import Config
 from medfm.errors import CheckpointError
+from medfm.models.trust import FILES, checked_record, expected_sha256, load_tensors, record_of, warn_unverified
 from medfm.models.volume import ViT3dEncoder
 
 ENCODER_WEIGHTS = "encoder.safetensors"
@@ -183,7 +184,7 @@ def pretrain_mae(encoder: ViT3dEncoder, volumes: list[torch.Tensor] | Dataset, c
     weights = write_atomic(directory / ENCODER_WEIGHTS, lambda tmp: save_file(state, str(tmp)))
     write_json_atomic(directory / MAE_META, {
         "encoder": encoder.config.model_dump(mode="json"), "input_spec": encoder.input_spec(),
-        "mae": config.model_dump(mode="json"), "losses": losses,
+        "mae": config.model_dump(mode="json"), "losses": losses, FILES: record_of(directory, [weights]),
     })
     return {"steps": len(losses), "losses": losses, "final_loss": losses[-1], "weights": str(weights)}
 
@@ -199,10 +200,20 @@ def load_mae_encoder(encoder: ViT3dEncoder, checkpoint_dir: str | Path) -> ViT3d
     for name in (ENCODER_WEIGHTS, MAE_META):
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory / name}: missing; not an MAE checkpoint written by pretrain_mae")
-    saved = json.loads((directory / MAE_META).read_text())["encoder"]
+    where = directory / MAE_META
+    try:
+        meta = json.loads(where.read_text(encoding="utf-8"))
+        saved = meta["encoder"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{where}: not an MAE record written by pretrain_mae ({type(err).__name__}: {err})") \
+            from None
     current = encoder.config.model_dump(mode="json")
     different = sorted(k for k in current if saved.get(k) != current[k] and k != "dropout")
     if different:
-        raise CheckpointError(f"{directory / MAE_META}: encoder config differs in {', '.join(different)}")
-    encoder.load_state_dict(load_file(str(directory / ENCODER_WEIGHTS)))
+        raise CheckpointError(f"{where}: encoder config differs in {', '.join(different)}")
+    hashes = checked_record(directory, meta.get(FILES), where)
+    if hashes is None:
+        warn_unverified(where)
+    weights = directory / ENCODER_WEIGHTS
+    encoder.load_state_dict(load_tensors(weights, expected_sha256(hashes, directory, weights, where), where))
     return encoder

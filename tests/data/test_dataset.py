@@ -6,7 +6,7 @@ import yaml
 
 from medfm.cohort import load_cohort
 from medfm.data.dataset import CohortDataset, collate_samples
-from medfm.errors import ConfigError
+from medfm.errors import ConfigError, MedfmReadError
 from medfm.keys import Field, Modality, report_of
 
 OWN_REPORTS = {"cxr": "cxr_report", "ecg": "ecg_report"}
@@ -60,3 +60,38 @@ def test_every_report_column_is_checked_and_described(tmp_path):
 def test_a_report_for_an_image_modality_the_cohort_lacks_is_refused(tmp_path, reports):
     with pytest.raises(ConfigError, match="not an image modality of this cohort"):
         write_cohort(tmp_path, reports=reports)
+
+
+def test_a_study_whose_header_claims_absurd_geometry_is_quarantined_before_preprocessing(tmp_path):
+    # An ECG header claiming 0.01 Hz: resampling its 1,000 samples to 500 Hz would need 38 GB.
+    import numpy as np
+    import wfdb
+
+    from medfm.keys import STANDARD_LEADS
+
+    for name in ("fine", "slow"):
+        wfdb.wrsamp(name, fs=500, units=["mV"] * 12, sig_name=list(STANDARD_LEADS), fmt=["16"] * 12,
+                    p_signal=np.sin(np.arange(1000)[:, None] / np.arange(2, 14)), adc_gain=[200.0] * 12,
+                    baseline=[0] * 12, write_dir=str(tmp_path))
+    header = tmp_path / "slow.hea"
+    header.write_text(header.read_text().replace("slow 12 500 1000", "slow 12 0.01 1000", 1))
+    pd.DataFrame({"patient_id": ["P1", "P2"], "study_id": ["S1", "S2"], "ecg_path": ["fine", "slow"],
+                  "af": [0, 1]}).to_csv(tmp_path / "manifest.csv", index=False)
+    (tmp_path / "cohort.yaml").write_text(yaml.safe_dump({"name": "ecgs", "manifest": "manifest.csv", "labels": ["af"],
+                                                          "modalities": {"ecg": "ecg_path"}}))
+    cohort = load_cohort(tmp_path / "cohort.yaml")
+    spec = {"transform": "ecg_to_input", "sample_rate": 500, "duration_s": 10}
+    preprocessed = []
+    dataset = CohortDataset(cohort, list(cohort.table.index), {Modality.ECG: preprocessed.append}, on_error="skip",
+                            specs={Modality.ECG: spec})
+    dataset[0]
+    slow, problems = dataset[1]
+    assert len(preprocessed) == 1 and preprocessed[0].fs == 500  # the slow record never reached the transform
+    assert Modality.ECG not in slow
+    assert [(p.study_id, p.path) for p in problems] == [("S2", str(tmp_path / "slow"))]
+    assert "MiB, over the 512 MiB one study may use" in problems[0].reason
+
+    strict = CohortDataset(cohort, list(cohort.table.index), {Modality.ECG: preprocessed.append},
+                           specs={Modality.ECG: spec})
+    with pytest.raises(MedfmReadError, match="slow: preprocessing it would need"):
+        strict[1]

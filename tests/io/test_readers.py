@@ -145,6 +145,14 @@ def edit_header(record, record_field=None, signal_field=None, extra_signal_lines
     ({"signal_field": (1, "16x100000")}, "header declares 250 samples"),
     ({"extra_signal_lines": True}, "header declares 250 samples per signal"),
     ({"record_field": (2, "abc")}, "sampling frequency 'abc'"),
+    # Fields wfdb misparses without error: fs "1e300" is read as 1 Hz, a negative length as none.
+    ({"record_field": (2, "1e300")}, "'1e300': not a WFDB number \\(wfdb reads it as 1 Hz\\)"),
+    ({"record_field": (3, "-250")}, "signal length '-250'"),
+    ({"record_field": (1, "0")}, "declares 0 signals but describes 12"),
+    # ADC gains wfdb replaces by 200 per mV without a word (0 is WFDB's "uncalibrated"), or reads as infinity.
+    ({"signal_field": (2, "0/mV")}, "signal 1 \\(rec.dat\\): ADC gain '0': uncalibrated"),
+    ({"signal_field": (2, "nan/mV")}, "ADC gain 'nan': not a finite number"),
+    ({"signal_field": (2, "1e400/mV")}, "ADC gain '1e400': not a finite number"),
 ])
 def test_hostile_wfdb_headers_are_refused(tmp_path, edit, reason):
     from medfm.io import inspect_path
@@ -154,6 +162,24 @@ def test_hostile_wfdb_headers_are_refused(tmp_path, edit, reason):
         with pytest.raises(MedfmReadError, match=reason) as err:
             read(record)
         assert not isinstance(err.value.__context__, MemoryError)
+
+
+def test_wfdb_header_listing_fewer_leads_than_its_data_is_refused(tmp_path):
+    # Six of the twelve lead lines deleted: wfdb itself reads the interleaved data as six scrambled leads.
+    record = write_12_lead_record(tmp_path / "record")
+    header = record.with_name("rec.hea")
+    lines = header.read_text().splitlines()
+    header.write_text("\n".join([lines[0].replace(" 12 ", " 6 ", 1), *lines[1:7]]) + "\n")
+    assert wfdb.rdrecord(str(record)).p_signal.shape == (250, 6)  # the silent misreading this check prevents
+    with pytest.raises(MedfmReadError, match=r"rec.hea.*6 signal\(s\) of 250 samples in rec.dat.*hold exactly 12"):
+        read_ecg(record)
+
+
+def test_wfdb_signal_file_with_a_padded_last_block_still_reads(tmp_path):
+    record = write_12_lead_record(tmp_path / "record")
+    with record.with_name("rec.dat").open("ab") as data:
+        data.write(b"\0" * 512)
+    assert read_ecg(record).signal.shape == (12, 250)
 
 
 def test_wfdb_signals_without_names_are_not_a_crash(tmp_path):

@@ -69,3 +69,34 @@ def test_pretrained_weights_load_into_vit3d_and_change_its_output(tmp_path):
         load_mae_encoder(other, tmp_path)
     with pytest.raises(CheckpointError, match="missing"):
         load_mae_encoder(fresh, tmp_path / "nowhere")
+
+
+def test_a_truncated_or_altered_mae_checkpoint_is_refused(tmp_path):
+    import json
+    import warnings
+
+    from medfm.models.mae import ENCODER_WEIGHTS, MAE_META
+    from medfm.models.trust import UnverifiedCheckpointWarning
+
+    torch.manual_seed(0)
+    config = MAEConfig(steps=1, batch_size=2, lr=1e-3, warmup_steps=0, decoder_dim=16, decoder_layers=1)
+    pretrain_mae(ViT3dEncoder(CONFIG), _volumes(), config, tmp_path)
+    weights, meta = tmp_path / ENCODER_WEIGHTS, tmp_path / MAE_META
+    good = weights.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a checkpoint written now is verified, not merely trusted
+        load_mae_encoder(ViT3dEncoder(CONFIG), tmp_path)
+    for damaged in (good[:-100], good[:-1] + bytes([good[-1] ^ 1])):
+        weights.write_bytes(damaged)
+        with pytest.raises(CheckpointError, match=f"{ENCODER_WEIGHTS}: does not match the SHA-256 recorded in "
+                                                  f"{MAE_META}"):
+            load_mae_encoder(ViT3dEncoder(CONFIG), tmp_path)
+    weights.write_bytes(good)
+    record = json.loads(meta.read_text())
+    del record["files"]  # written before hashes were recorded: loads, with a warning
+    meta.write_text(json.dumps(record))
+    with pytest.warns(UnverifiedCheckpointWarning):
+        load_mae_encoder(ViT3dEncoder(CONFIG), tmp_path)
+    meta.write_text(meta.read_text()[:40])
+    with pytest.raises(CheckpointError, match=f"{MAE_META}: not an MAE record"):
+        load_mae_encoder(ViT3dEncoder(CONFIG), tmp_path)

@@ -284,7 +284,7 @@ def grey_png(width: int, height: int) -> bytes:
 
 def test_a_photo_whose_padded_square_would_take_gigabytes_422(client):
     response = upload(client, "strip.png", grey_png(10_000, 2), modality="fundus")  # padded: 10000^2 x 3 floats
-    assert response.status_code == 422 and "MiB a query may use" in response.json()["detail"]
+    assert response.status_code == 422 and "MiB one study may use" in response.json()["detail"]
 
 
 def test_a_ct_series_claiming_huge_pixels_422(client, studies):
@@ -296,7 +296,7 @@ def test_a_ct_series_claiming_huge_pixels_422(client, studies):
         header.save_as(buffer)
         slices[f"series/{path.name}"] = buffer.getvalue()
     response = upload(client, "ct.zip", zipped(slices))
-    assert response.status_code == 422 and "MiB a query may use" in response.json()["detail"]
+    assert response.status_code == 422 and "MiB one study may use" in response.json()["detail"]
 
 
 def test_an_ecg_claiming_a_tiny_sampling_rate_422(client, studies):
@@ -307,7 +307,7 @@ def test_an_ecg_claiming_a_tiny_sampling_rate_422(client, studies):
     files = {record.name + ".hea": "\n".join([" ".join(fields), *header[1:]]).encode() + b"\n",
              record.name + ".dat": record.with_suffix(".dat").read_bytes()}
     response = upload(client, "ecg.zip", zipped(files))
-    assert response.status_code == 422 and "MiB a query may use" in response.json()["detail"]
+    assert response.status_code == 422 and "MiB one study may use" in response.json()["detail"]
 
 
 def test_a_zip_inside_the_zip_422(client, studies):
