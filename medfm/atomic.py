@@ -25,8 +25,9 @@ def write_atomic(path: str | Path, write: Callable[[Path], None], durable: bool 
         path: the file to create or replace.
         write: writes the complete content to the path it is given.
         durable: fsync the content before the rename, so a power loss cannot leave
-            an empty file under the final name. Off only for files that can be
-            regenerated (e.g. the synthetic cohort), where thousands of fsyncs cost time.
+            an empty file under the final name, and the folder after it, so the rename
+            itself survives one. Off only for files that can be regenerated (e.g. the
+            synthetic cohort), where thousands of fsyncs cost time.
     """
     path = Path(path)
     # Unique per writer: DataLoader workers or torchrun ranks may write the same entry at once.
@@ -41,7 +42,39 @@ def write_atomic(path: str | Path, write: Callable[[Path], None], durable: bool 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if durable:
+        fsync_directory(path.parent)
     return path
+
+
+def fsync_tree(folder: str | Path) -> None:
+    """Flush every file under ``folder`` and every folder's entries: for trees written by other code
+    (peft's adapter files, pydicom's instances) before they are renamed into place."""
+    folder = Path(folder)
+    if os.name != "posix":
+        return
+    folders = [folder]
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            folders.append(path)
+        elif path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    for directory in reversed(folders):
+        fsync_directory(directory)
+
+
+def fsync_directory(directory: str | Path) -> None:
+    """Flush a folder's entries (renames, creations) to disk; a no-op where folders cannot be opened (Windows)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _process_umask() -> int | None:
@@ -98,7 +131,7 @@ def commit_together(directory: Path, write: Callable[[Path], None]) -> None:
     moves in. A kill at any moment leaves the previous set or the new one (after :func:`recover_together`),
     never a mix: a checkpoint's weights, the config recording their hashes and the training state must agree.
 
-    The files are durable (``write_atomic`` fsyncs) before the ``COMMITTED`` mark; after the mark, each
+    The files are durable (:func:`fsync_tree`) before the ``COMMITTED`` mark; after the mark, each
     top-level entry is moved into place by a rename, which :func:`recover_together` redoes after a kill.
     """
     directory = Path(directory)
@@ -106,6 +139,7 @@ def commit_together(directory: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     write(staging)
+    fsync_tree(staging)  # files written by other code (peft adapters) are durable too before the mark
     names = sorted(p.name for p in staging.iterdir())
     write_text_atomic(staging / COMMITTED, "\n".join(names) + "\n")
     _roll_forward(directory)
@@ -133,4 +167,5 @@ def _roll_forward(directory: Path) -> None:
         if source.is_dir() and target.exists():
             shutil.rmtree(target)  # a kill mid-way leaves the source to move on the next try
         os.replace(source, target)
+    fsync_directory(directory)  # the renames are durable before the staging folder and its mark go
     shutil.rmtree(staging)

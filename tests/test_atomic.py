@@ -108,3 +108,50 @@ def test_an_uncommitted_staging_is_dropped_and_a_committed_one_finished(tmp_path
     assert recover_together(tmp_path)
     assert (tmp_path / "config").read_text() == "new" and not (tmp_path / STAGING).exists()
     assert not recover_together(tmp_path)
+
+
+@pytest.fixture
+def fsynced(monkeypatch):
+    """The paths os.fsync is called on, in order (files and folders), read from /proc/self/fd."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc to name the synced descriptors")
+    calls = []
+    real = os.fsync
+
+    def recording(fd):
+        calls.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    return calls
+
+
+def test_a_durable_write_syncs_the_file_before_the_rename_and_its_folder_after(tmp_path, fsynced):
+    from medfm.atomic import write_text_atomic
+
+    target = tmp_path / "train_state.json"
+    write_text_atomic(target, "{}")
+    assert len(fsynced) == 2
+    assert fsynced[0].startswith(str(tmp_path / ".train_state.json."))  # the temporary file, before its rename
+    assert fsynced[1] == str(tmp_path)  # the folder, so the rename survives a power loss
+    fsynced.clear()
+    write_text_atomic(tmp_path / "regenerable.txt", "x", durable=False)
+    assert fsynced == []
+
+
+def test_a_committed_set_is_on_disk_before_its_mark_even_files_other_code_wrote(tmp_path, fsynced):
+    from medfm.atomic import COMMITTED, STAGING, commit_together, write_text_atomic
+
+    def write(staging):
+        write_text_atomic(staging / "config.json", "{}")
+        (staging / "adapters").mkdir()
+        (staging / "adapters" / "adapter_model.safetensors").write_bytes(b"peft wrote me")  # no fsync of its own
+
+    commit_together(tmp_path, write)
+    staged = str(tmp_path / STAGING)
+    mark = next(i for i, path in enumerate(fsynced) if os.path.basename(path).startswith(f".{COMMITTED}."))
+    before_mark = set(fsynced[:mark])
+    assert {f"{staged}/adapters/adapter_model.safetensors", f"{staged}/config.json", f"{staged}/adapters",
+            staged} <= before_mark
+    assert fsynced[-1] == str(tmp_path)  # the renames into place, before the staging folder is removed
+    assert (tmp_path / "adapters" / "adapter_model.safetensors").read_bytes() == b"peft wrote me"

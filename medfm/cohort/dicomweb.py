@@ -51,7 +51,7 @@ from pydicom.errors import InvalidDicomError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from medfm.atomic import write_text_atomic
+from medfm.atomic import fsync_directory, fsync_tree, write_text_atomic
 from medfm.cohort.manifest import CohortConfig, load_cohort, manifest_location, read_manifest
 from medfm.errors import ConfigError, MedfmError
 from medfm.io.deid import KEY_FILE, BurnedInAnnotationError, DeidKey, DeidOption, deidentify, load_or_create_key
@@ -484,9 +484,11 @@ def _store(instances: list[Dataset], modality: Modality, key: str, root: Path, s
     try:
         for ds in instances:
             _write_instance(ds, staging / instance_file_name(str(ds.SOPInstanceUID)), key)
+        fsync_tree(staging)  # the instances are on disk before the manifest that lists them
         if final.exists():  # an earlier run's files for a study the manifest never listed
             shutil.rmtree(final)
         os.replace(staging, final)
+        fsync_directory(final.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

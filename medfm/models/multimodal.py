@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from medfm import __version__
-from medfm.atomic import recover_together, sha256_file, write_atomic, write_json_atomic
+from medfm.atomic import fsync_directory, fsync_tree, recover_together, sha256_file, write_atomic, write_json_atomic
 from medfm.config import validate_config
 from medfm.errors import CheckpointError, InputContractError
 from medfm.io.wfdb import ECGRecord
@@ -365,9 +365,11 @@ def _write_dir_atomic(target: Path, write: Any) -> None:
     old = target.with_name(f".{target.name}.{tag}.old")
     try:
         write(tmp)
+        fsync_tree(tmp)
         if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)
+        fsync_directory(target.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
