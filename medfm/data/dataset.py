@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from medfm.atomic import write_json_atomic
 from medfm.cohort.manifest import Cohort
 from medfm.data.cache import PreprocessCache, source_files
-from medfm.data.transforms import check_working_size
+from medfm.data.transforms import preprocess_study
 from medfm.errors import MedfmReadError
 from medfm.io import (
     Image,
@@ -151,9 +151,7 @@ class CohortDataset(Dataset):
         spec = self.specs.get(modality)
 
         def compute() -> Any:
-            value = READERS[modality](path)
-            check_working_size(path, spec, value)  # a header claiming absurd geometry is refused, not allocated
-            return fn(value)
+            return preprocess_study(path, spec, READERS[modality](path), fn)
 
         if self.cache is None or spec is None:
             return compute()

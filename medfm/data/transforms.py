@@ -359,3 +359,16 @@ def check_working_size(path, spec: dict | None, value: Any, max_bytes: int = MAX
         raise CorruptFileError(path, f"preprocessing it would need {needed / 2**20:,.0f} MiB, over the "
                                      f"{max_bytes / 2**20:,.0f} MiB one study may use (implausible pixel spacing, "
                                      "sampling rate or image shape in its header)")
+
+
+def preprocess_study(path, spec: dict | None, value: Any, preprocess: Callable[[Any], Any]) -> Any:
+    """``preprocess(value)`` for a study read from ``path``, after :func:`check_working_size`.
+
+    The transforms see an array, not the file it came from: a ``MedfmReadError`` they raise
+    is raised again naming ``path``, so a quarantine entry or an error line says which file.
+    """
+    check_working_size(path, spec, value)
+    try:
+        return preprocess(value)
+    except MedfmReadError as err:
+        raise type(err)(path, err.reason) from None

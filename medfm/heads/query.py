@@ -22,7 +22,7 @@ import pydicom
 import torch
 
 from medfm.data.dataset import READERS
-from medfm.data.transforms import check_working_size
+from medfm.data.transforms import preprocess_study
 from medfm.errors import MedfmError, MedfmReadError
 from medfm.heads.cases import THUMBNAILS, IndexMismatchError, checkpoint_fingerprint, patient_key
 from medfm.heads.retrieval import Case, CaseIndex, Hit
@@ -119,8 +119,8 @@ class CaseSearch:
             raise QueryError(path, f"{modality} query, but this index's model embeds only "
                                    f"{', '.join(self.modalities)}")
         value = read_query_file(modality, path)
-        check_working_size(path, self.model.input_spec(modality), value)
-        tensor = self.model.preprocess(modality, value)
+        tensor = preprocess_study(path, self.model.input_spec(modality), value,
+                                  lambda read: self.model.preprocess(modality, read))
         vector = self.model.encode(modality, tensor.unsqueeze(0))[0].numpy()
         pid = dicom_patient_id(path)
         key = None if pid is None else patient_key(self.index.info["patient_salt"], pid)

@@ -95,3 +95,18 @@ def test_a_study_whose_header_claims_absurd_geometry_is_quarantined_before_prepr
                            specs={Modality.ECG: spec})
     with pytest.raises(MedfmReadError, match="slow: preprocessing it would need"):
         strict[1]
+
+
+def test_a_transform_error_names_the_file_the_study_came_from(tmp_path):
+    # The transforms see arrays, not files: their errors name a placeholder until the dataset names the file.
+    cohort = write_cohort(tmp_path)
+
+    def refuses(text):
+        raise MedfmReadError("<input report>", "too short to embed")
+
+    dataset = CohortDataset(cohort, list(cohort.table.index), {Modality.REPORT: refuses}, on_error="skip")
+    _, problems = dataset[0]
+    assert [(p.path, p.reason) for p in problems] == [(str(tmp_path / "r1_cxr.txt"), "too short to embed"),
+                                                       (str(tmp_path / "r1_ecg.txt"), "too short to embed")]
+    with pytest.raises(MedfmReadError, match=r"r1_cxr.txt: too short to embed"):
+        CohortDataset(cohort, list(cohort.table.index), {Modality.REPORT: refuses})[0]
