@@ -116,13 +116,18 @@ class CohortDataset(Dataset):
         self.on_error = on_error
         self.cache = cache
         self.specs = specs or {}
+        cfg = cohort.config
+        columns = [cfg.study_column, cfg.patient_column, *cfg.labels, *cfg.metadata,
+                   *(c for m in preprocess for _, cs in cfg.inputs_of(m) for c in cs)]
+        # Plain dicts, read once: a pandas row lookup per item cost a fifth of a cache-hit read.
+        self._records = cohort.table.loc[self.rows, list(dict.fromkeys(columns))].to_dict("records")
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[dict[str, Any], list[QuarantineEntry]]:
         cfg = self.cohort.config
-        row = self.cohort.table.loc[self.rows[i]]
+        row = self._records[i]
         sample: dict[str, Any] = {}
         problems: list[QuarantineEntry] = []
         for modality, fn in self.preprocess.items():

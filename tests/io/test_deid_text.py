@@ -46,3 +46,20 @@ def test_known_names_are_found_in_any_order_and_short_values_are_ignored():
     text = "Quixworth, Zebulon seen; Zebulon Quixworth again; PA view."
     assert scrub_report(text, known=["Quixworth^Zebulon", "PA"]) == \
         "[identifier] seen; [identifier] again; PA view."
+
+
+def test_a_report_read_again_is_not_scrubbed_again_and_an_edited_one_is(tmp_path, monkeypatch):
+    import medfm.io.reports as reports
+
+    calls = []
+    monkeypatch.setattr(reports, "scrub_report", lambda text: calls.append(text) or text.replace("Zebulon", "[name]"))
+    reports._scrubbed.cache_clear()
+    path = tmp_path / "r.txt"
+    path.write_text("FINDINGS: seen by Zebulon, unique text for this test 4711.")
+    assert reports.read_report(path) == reports.read_report(path) == \
+        "FINDINGS: seen by [name], unique text for this test 4711."
+    assert len(calls) == 1  # the second epoch's read costs a file read, not the scrubber's regexes
+    path.write_text("FINDINGS: edited; Zebulon again, unique text for this test 4711.")
+    assert reports.read_report(path) == "FINDINGS: edited; [name] again, unique text for this test 4711."
+    assert len(calls) == 2
+    reports._scrubbed.cache_clear()
