@@ -9,6 +9,12 @@ class MedfmError(Exception):
     """Base class of every error medfm raises on purpose."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of another library's error message (its type name when the message is empty)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class ConfigError(MedfmError):
     """A YAML config is missing, malformed, or fails validation.
 

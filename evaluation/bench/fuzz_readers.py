@@ -153,8 +153,7 @@ def run(
                 specs = readers[item.fmt]
                 pending[index] = (item, [])
                 tallies[item.fmt, item.strategy].inputs += 1
-                variant = item.params.get("variant") or item.params.get("inner_strategy")
-                if variant:
+                if variant := _variant(item):
                     tallies[item.fmt, item.strategy].variants[variant] += 1
                 for spec in specs:
                     target = item.path.with_name(item.path.name + ".hea") if (
@@ -173,8 +172,7 @@ def run(
                 tally.outcomes[result["outcome"]] += 1
                 if result["outcome"] == "read_error":
                     tally.read_errors[result["error_type"]] += 1
-                variant = item.params.get("variant") or item.params.get("inner_strategy")
-                if result["outcome"] == "decoded" and variant:
+                if result["outcome"] == "decoded" and (variant := _variant(item)):
                     tally.decoded_by_variant[f"{variant} ({Path(item.seed).name})"] += 1
                 if len(results) == len(readers[item.fmt]):
                     bugs += _finish_input(item, results, seed, failures_dir)
@@ -185,6 +183,11 @@ def run(
                               f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return _summary(tallies, bugs, seeds, seed, len(indices), time.perf_counter() - start, timeout_s, memory_cap,
                     jobs, limits)
+
+
+def _variant(item: FuzzInput) -> str | None:
+    """Which variant of its strategy an input is (a zip's: the strategy of the input inside it)."""
+    return item.params.get("variant") or item.params.get("inner_strategy")
 
 
 def _finish_input(item: FuzzInput, results: list[dict], seed: int, failures_dir: Path | None) -> list[dict]:

@@ -53,7 +53,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from medfm.atomic import fsync_directory, fsync_tree, write_text_atomic
 from medfm.cohort.manifest import CohortConfig, load_cohort, manifest_location, read_manifest
-from medfm.errors import ConfigError, MedfmError
+from medfm.errors import ConfigError, MedfmError, first_line
 from medfm.io.deid import KEY_FILE, BurnedInAnnotationError, DeidKey, DeidOption, deidentify, load_or_create_key
 from medfm.keys import Modality
 
@@ -383,20 +383,15 @@ def _answer_from(url: str, what: str) -> Iterator[None]:
     except requests.ConnectionError as err:
         raise DicomWebError(f"{url}: {what}: cannot connect ({_connection_reason(err)})") from None
     except requests.RequestException as err:
-        raise DicomWebError(f"{url}: {what}: {_first_line(err)}") from None
+        raise DicomWebError(f"{url}: {what}: {first_line(err)}") from None
     except (InvalidDicomError, ValueError, KeyError, EOFError) as err:
-        raise DicomWebError(f"{url}: {what}: not a valid DICOMweb answer ({_first_line(err)})") from None
+        raise DicomWebError(f"{url}: {what}: not a valid DICOMweb answer ({first_line(err)})") from None
 
 
 def _connection_reason(err: requests.ConnectionError) -> str:
     """``Connection refused``, ``Name or service not known``... rather than urllib3's nested repr."""
     match = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(err))
     return match.group(1).strip() if match else "the server did not answer"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _without_credentials(url: str) -> str:
@@ -501,7 +496,7 @@ def _write_instance(ds: Dataset, path: Path, key: str) -> None:
     try:
         ds.save_as(path, enforce_file_format=True)
     except (ValueError, AttributeError, TypeError) as err:
-        raise DicomWebError(f"study {key}: an instance cannot be written as a DICOM file ({_first_line(err)})") \
+        raise DicomWebError(f"study {key}: an instance cannot be written as a DICOM file ({first_line(err)})") \
             from None
     with open(path, "rb") as handle:  # the manifest that lists it is fsynced; so is the file, first
         os.fsync(handle.fileno())

@@ -15,7 +15,7 @@ import pandas as pd
 from pydantic import Field, ValidationInfo, field_validator
 
 from medfm.config import Config
-from medfm.errors import ConfigError
+from medfm.errors import ConfigError, first_line
 
 
 class InclusionRule(Config):
@@ -120,7 +120,7 @@ def apply_inclusion(table: pd.DataFrame, include: str, source: str | Path | None
             raise ConfigError(source, key, f"expression must be boolean, it gives {kind}")
         rows = con.execute(f"SELECT {row} FROM manifest WHERE {keep} ORDER BY {row}").fetchnumpy()[row]
     except duckdb.Error as err:
-        raise ConfigError(source, key, _first_line(err)) from None
+        raise ConfigError(source, key, first_line(err)) from None
     finally:
         con.close()
     return table.iloc[np.asarray(rows, dtype=np.int64)]
@@ -134,7 +134,3 @@ def keyed_rules(include: str | Sequence[str | InclusionRule] | None) -> list[tup
         return [("include", InclusionRule(rule=include))]
     return [(f"include[{i}]", rule if isinstance(rule, InclusionRule) else InclusionRule(rule=rule))
             for i, rule in enumerate(include)]
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0]

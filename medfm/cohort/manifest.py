@@ -19,7 +19,7 @@ from medfm.cohort.adapters import ADAPTERS, create_adapter
 from medfm.cohort.checks import check_manifest, check_manifest_files
 from medfm.cohort.inclusion import Exclusion, InclusionRule, apply_inclusion_rules, keyed_rules
 from medfm.config import Config, load_config, resolve_path
-from medfm.errors import ConfigError, MedfmError
+from medfm.errors import ConfigError, MedfmError, first_line
 from medfm.keys import Modality, report_of
 
 
@@ -231,7 +231,7 @@ class CohortConfig(Config):
             try:
                 duckdb.SQLExpression(rule.rule)  # parses exactly one expression, or raises
             except duckdb.Error as err:
-                raise ValueError(f"{key} is not a single SQL expression ({_first_line(err)})") from None
+                raise ValueError(f"{key} is not a single SQL expression ({first_line(err)})") from None
         names: dict[str, str] = {}
         for key, rule in keyed_rules(value):
             if rule.name in names:
@@ -365,10 +365,6 @@ def load_cohort(path: str | Path, require_manifest: bool = True, check_files: bo
     return cohort
 
 
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0]
-
-
 def manifest_location(path: str | Path, config: CohortConfig) -> Path:
     """Where the manifest is (``<source root>/manifest.csv``, virtual, for a ``source:`` cohort)."""
     if config.source is not None:
@@ -413,12 +409,12 @@ def read_manifest(manifest_path: Path, config: CohortConfig, source: Path) -> pd
         raise ConfigError(source, "manifest", f"file not found: {manifest_path}") from None
     except (OSError, ValueError, ImportError) as err:  # pandas' parser errors and pyarrow's are ValueErrors
         raise ConfigError(source, "manifest", f"{what}: not a readable {_kind(manifest_path)} "
-                                              f"({_first_line(err)})") from None
+                                              f"({first_line(err)})") from None
     repeated = sorted({str(c) for c in header if header.count(c) > 1})
     if repeated:
         raise ConfigError(source, "manifest", f"{what}: column(s) {repeated} appear more than once in the header")
-    first_line = None if manifest_path.suffix == ".parquet" else 2  # the CSV's header is line 1
-    return check_manifest(table, config, source, what, first_line)
+    first_row_line = None if manifest_path.suffix == ".parquet" else 2  # the CSV's header is line 1
+    return check_manifest(table, config, source, what, first_row_line)
 
 
 def _kind(path: Path) -> str:

@@ -109,7 +109,8 @@ def read_wfdb_record(record_path: str | Path) -> wfdb.Record:
 
 def _check_declared_size(declared: wfdb.Record, header: Path) -> None:
     fs = declared.fs
-    record_line = _record_line(header)
+    lines = _header_lines(header)  # read once: the record line here, the signal lines' gains below
+    record_line = lines[0] if lines else []
     # wfdb reads a field it cannot parse as its default (fs 250 Hz, or 1 for "1e300"; no length for "-5"),
     # so the fields as written are checked, and must be what wfdb understood.
     written = record_line[2].split("/")[0] if len(record_line) > 2 else None
@@ -127,7 +128,7 @@ def _check_declared_size(declared: wfdb.Record, header: Path) -> None:
         raise CorruptFileError(header, f"signal length {record_line[3]!r}: must be a whole number of samples")
     if not isinstance(declared, wfdb.Record):
         return  # multi-segment records are read segment by segment
-    _check_written_gains(header, len(declared.file_name or []))
+    _check_written_gains(header, lines[1:1 + len(declared.file_name or [])])
     n_sig, sig_len = declared.n_sig or 0, declared.sig_len
     described = len(declared.file_name or [])
     if described != n_sig:
@@ -186,15 +187,13 @@ def _check_signal_count(header: Path, name: str, data_size: int, sig_len: int, d
                                        "lead lines missing from the header")
 
 
-def _check_written_gains(header: Path, n_lines: int) -> None:
+def _check_written_gains(header: Path, signal_lines: list[list[str]]) -> None:
     """Each signal line's ADC gain, where written, must be a finite non-zero number.
 
     wfdb replaces a gain of 0 (WFDB's "uncalibrated"), "nan" or text by its default of 200 units
     per mV without a word, and reads "1e400" as infinity, which scales the signal to zeros.
     """
-    lines = [line.split() for line in header.read_text(encoding="latin-1").splitlines()
-             if line.strip() and not line.startswith("#")]
-    for number, fields in enumerate(lines[1:1 + n_lines], start=1):
+    for number, fields in enumerate(signal_lines, start=1):
         if len(fields) < 3:
             continue  # no gain written: WFDB's default of 200 per mV applies
         text = fields[2].split("(")[0].split("/")[0]
@@ -208,9 +207,8 @@ def _check_written_gains(header: Path, n_lines: int) -> None:
                                            "medfm needs signals in physical units")
 
 
-def _record_line(header: Path) -> list[str]:
-    """The fields of the record line (``name[/segments] n_sig [fs[/counter[(base)]] [sig_len ...]]``)."""
-    for line in header.read_text(encoding="latin-1").splitlines():
-        if line.strip() and not line.startswith("#"):
-            return line.split()
-    return []
+def _header_lines(header: Path) -> list[list[str]]:
+    """The fields of each line that is not a comment: the record line
+    (``name[/segments] n_sig [fs[/counter[(base)]] [sig_len ...]]``), then the signal lines."""
+    return [line.split() for line in header.read_text(encoding="latin-1").splitlines()
+            if line.strip() and not line.startswith("#")]

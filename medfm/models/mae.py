@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from medfm.atomic import write_atomic, write_json_atomic
 from medfm.config import Config
 from medfm.errors import CheckpointError
-from medfm.models.trust import FILES, checked_record, expected_sha256, load_tensors, record_of, warn_unverified
+from medfm.models.trust import FILES, checked_record, expected_sha256, load_tensors, record_of
 from medfm.models.volume import ViT3dEncoder
 
 ENCODER_WEIGHTS = "encoder.safetensors"
@@ -212,8 +212,6 @@ def load_mae_encoder(encoder: ViT3dEncoder, checkpoint_dir: str | Path) -> ViT3d
     if different:
         raise CheckpointError(f"{where}: encoder config differs in {', '.join(different)}")
     hashes = checked_record(directory, meta.get(FILES), where)
-    if hashes is None:
-        warn_unverified(where)
     weights = directory / ENCODER_WEIGHTS
     encoder.load_state_dict(load_tensors(weights, expected_sha256(hashes, directory, weights, where), where))
     return encoder

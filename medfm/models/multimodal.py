@@ -36,7 +36,6 @@ from medfm.models.trust import (
     pickle_refusal,
     read_verified,
     record_of,
-    warn_unverified,
     weights_file,
 )
 from medfm.registry import ENCODERS
@@ -256,8 +255,6 @@ class MultimodalModel(nn.Module):
     def _load_checkpoint(self, directory: Path, weights: Path, meta: dict, trust_pickle: bool) -> MultimodalModel:
         where = directory / CONFIG
         record = checked_record(directory, meta.get(FILES), where)
-        if record is None:
-            warn_unverified(where)
         if "input_contract" in meta:  # format 1 checkpoints predate the contract
             check_contract(meta["input_contract"], self.input_contract(), str(directory / CONFIG))
         if bool(meta.get("merged", False)) != self.merged:

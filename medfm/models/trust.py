@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 
 from medfm.atomic import sha256_file
-from medfm.errors import CheckpointError
+from medfm.errors import CheckpointError, first_line
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 FILES = "files"  # key of the {relative path: SHA-256} record in a checkpoint's JSON
@@ -75,13 +75,16 @@ def checked_record(directory: Path, record: object, where: Path) -> dict[str, st
     """A ``files`` record read from ``where``, validated: relative paths inside ``directory``, hex digests.
 
     Returns:
-        The record, or None for a checkpoint written before hashes were recorded.
+        The record, or None for a checkpoint written before hashes were recorded (with an
+        :class:`UnverifiedCheckpointWarning`).
 
     Raises:
         CheckpointError: the record is not a mapping, an entry escapes the folder, or a
             digest is not 64 hex digits.
     """
     if record is None:
+        warnings.warn(f"{where}: no file hashes recorded (written by a medfm before they were); loading its files "
+                      "unverified; save it again to record them", UnverifiedCheckpointWarning, stacklevel=3)
         return None
     if not isinstance(record, dict):
         raise CheckpointError(f"{where}: '{FILES}' must map file names to SHA-256 digests")
@@ -111,11 +114,6 @@ def expected_sha256(record: dict[str, str] | None, directory: Path, path: Path, 
         raise CheckpointError(f"{path}: no SHA-256 recorded for it in {where.name}; refusing a file the "
                               "checkpoint did not list")
     return record[name]
-
-
-def warn_unverified(where: Path) -> None:
-    warnings.warn(f"{where}: no file hashes recorded (written by a medfm before they were); loading its files "
-                  "unverified; save it again to record them", UnverifiedCheckpointWarning, stacklevel=3)
 
 
 def read_verified(path: Path, sha256: str | None, where: Path | None = None) -> bytes:
@@ -156,7 +154,7 @@ def load_tensors(path: Path, sha256: str | None = None, where: Path | None = Non
             state = torch.load(path, weights_only=True, map_location="cpu")
         except Exception as err:  # noqa: BLE001  (the unpickler raises many types; each becomes one line)
             raise CheckpointError(f"{path}: not loadable with torch.load(weights_only=True) "
-                                  f"({_first_line(err)})") from None
+                                  f"({first_line(err)})") from None
         if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                   for k, v in state.items()):
             raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
@@ -167,9 +165,4 @@ def load_tensors(path: Path, sha256: str | None = None, where: Path | None = Non
     try:
         return load_safetensors_bytes(data)
     except (SafetensorError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a valid safetensors file ({_first_line(err)})") from None
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+        raise CheckpointError(f"{path}: not a valid safetensors file ({first_line(err)})") from None

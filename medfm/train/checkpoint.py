@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from medfm.atomic import write_atomic, write_json_atomic
 from medfm.errors import CheckpointError
-from medfm.models.trust import FILES, checked_record, expected_sha256, load_tensors, record_of, warn_unverified
+from medfm.models.trust import FILES, checked_record, expected_sha256, load_tensors, record_of
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
@@ -62,8 +62,6 @@ def load_train_state(directory: Path, optimizer: torch.optim.Optimizer,
     if not isinstance(record, dict) or not {"param_groups", "progress"} <= set(record):
         raise CheckpointError(f"{where}: not a medfm training state (needs 'param_groups' and 'progress')")
     hashes = checked_record(directory, record.get(FILES), where)
-    if hashes is None:
-        warn_unverified(where)
     tensors_path = directory / STATE_TENSORS
     if not tensors_path.is_file():
         raise CheckpointError(f"{tensors_path}: training state file missing")
